@@ -1,0 +1,118 @@
+"""Switches the Redis transport and Nameko's fixes on, in every process.
+
+Imported at interpreter start by ``shop_nameko_redis.pth`` (installed into
+site-packages with this project), so ``nameko run``, ``nameko shell``, pytest
+and plain scripts all get the same behaviour without importing anything.
+
+It must stay cheap and side-effect free: it imports neither kombu nor Nameko
+(``nameko run`` monkey-patches with eventlet first, and that must happen
+before they load). It only registers hooks that run right after those modules
+are first imported by the program itself. Set ``SHOP_TRANSPORT=stock`` to keep
+stock kombu and Nameko untouched (the benchmark's baseline does).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import os
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+
+def _register_redis_transport(kombu_transport: ModuleType) -> None:
+    kombu_transport.TRANSPORT_ALIASES.update(
+        redis="common.transport.redis:Transport",
+        rediss="common.transport.redis:Transport",
+        sentinel="common.transport.redis:SentinelTransport",
+    )
+
+
+def _fix_nameko_containers(module: ModuleType) -> None:
+    from common.transport import nameko_fixes
+
+    nameko_fixes.fix_service_container(module)
+
+
+def _fix_nameko_rpc(module: ModuleType) -> None:
+    from common.transport import nameko_fixes
+
+    nameko_fixes.fix_rpc_timeouts(module)
+
+
+def _fix_nameko_standalone_rpc(module: ModuleType) -> None:
+    from common.transport import nameko_fixes
+
+    nameko_fixes.fix_standalone_rpc(module)
+
+
+def _fix_nameko_standalone_events(module: ModuleType) -> None:
+    from common.transport import nameko_fixes
+
+    nameko_fixes.fix_standalone_events(module)
+
+
+HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "kombu.transport": _register_redis_transport,
+    "nameko.containers": _fix_nameko_containers,
+    "nameko.rpc": _fix_nameko_rpc,
+    "nameko.standalone.rpc": _fix_nameko_standalone_rpc,
+    "nameko.standalone.events": _fix_nameko_standalone_events,
+}
+
+
+class _HookedLoader(importlib.abc.Loader):
+    """Runs a hook right after the wrapped loader executed the module."""
+
+    def __init__(self, loader: importlib.abc.Loader, hook: Callable[[ModuleType], None]):
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        self._hook(module)
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds HOOKS' modules through the other finders and wraps their loader."""
+
+    def find_spec(self, fullname, path, target=None):
+        hook = HOOKS.get(fullname)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _HookedLoader(spec.loader, hook)
+                return spec
+        return None
+
+
+def activate() -> None:
+    """Install the hooks once; modules already imported are fixed now."""
+    if any(isinstance(finder, _PostImportFinder) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _PostImportFinder())
+    for name, hook in HOOKS.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            hook(module)
+
+
+def is_active() -> bool:
+    return any(isinstance(finder, _PostImportFinder) for finder in sys.meta_path)
+
+
+if os.environ.get("SHOP_TRANSPORT", "").lower() != "stock":
+    activate()

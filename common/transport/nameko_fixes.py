@@ -1,0 +1,166 @@
+"""The few fixes that belong on Nameko's side, not the transport's.
+
+Applied by :mod:`common.transport.activation` right after the Nameko module
+they change is imported; each works on RabbitMQ as well as on Redis.
+
+- Config: ``TRANSPORT_OPTIONS`` extends Nameko's default options instead of
+  replacing them, options may also be given in ``AMQP_URI``'s query string,
+  and both reach every connection (see :mod:`common.transport.options`).
+- Timeouts: every RPC, service-to-service ones included, gives up after
+  ``RPC_TIMEOUT`` seconds (config; default :data:`DEFAULT_RPC_TIMEOUT`) with
+  ``nameko.exceptions.RpcTimeout``, so no worker waits forever for a reply.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+from common.transport.options import register_transport_options, split_uri_options
+
+#: Config key: seconds an RPC caller waits for the reply; 0 or null waits forever.
+RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
+DEFAULT_RPC_TIMEOUT = 5.0
+
+_FIXED = "__shop_fixed__"
+
+
+def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` whose transport options are complete and registered.
+
+    ``AMQP_URI``'s query parameters move into ``TRANSPORT_OPTIONS`` (which they
+    override); ``TRANSPORT_OPTIONS`` is laid over Nameko's defaults; the result
+    is registered for the broker so every connection to it uses it.
+    """
+    from nameko.constants import (
+        AMQP_URI_CONFIG_KEY,
+        DEFAULT_TRANSPORT_OPTIONS,
+        TRANSPORT_OPTIONS_CONFIG_KEY,
+    )
+
+    config = dict(config)
+    uri = config.get(AMQP_URI_CONFIG_KEY)
+    if not uri:
+        return config
+    uri, uri_options = split_uri_options(uri)
+    options = {
+        **DEFAULT_TRANSPORT_OPTIONS,
+        **(config.get(TRANSPORT_OPTIONS_CONFIG_KEY) or {}),
+        **uri_options,
+    }
+    config[AMQP_URI_CONFIG_KEY] = uri
+    config[TRANSPORT_OPTIONS_CONFIG_KEY] = options
+    register_transport_options(uri, options)
+    return config
+
+
+def rpc_timeout(config: dict[str, Any]) -> float | None:
+    """Seconds an RPC waits for its reply under ``config``; ``None``: forever."""
+    value = config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)
+    if value in (None, "", 0, "0"):
+        return None
+    return float(value)
+
+
+def _once(module: ModuleType) -> bool:
+    if getattr(module, _FIXED, False):
+        return False
+    setattr(module, _FIXED, True)
+    return True
+
+
+def fix_service_container(containers: ModuleType) -> None:
+    """Service containers normalize (a copy of) their config first."""
+    if not _once(containers):
+        return
+    original_init = containers.ServiceContainer.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, service_cls, config, *args, **kwargs):
+        original_init(self, service_cls, normalize_config(config), *args, **kwargs)
+
+    containers.ServiceContainer.__init__ = __init__
+
+
+def fix_standalone_rpc(standalone_rpc: ModuleType) -> None:
+    """Standalone proxies normalize their config and time out by default."""
+    if not _once(standalone_rpc):
+        return
+    base = standalone_rpc.StandaloneProxyBase
+    original_init = base.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, config, context_data=None, timeout=None, *args, **kwargs):
+        config = normalize_config(config)
+        if timeout is None:
+            timeout = rpc_timeout(config)
+        original_init(self, config, context_data, timeout, *args, **kwargs)
+
+    base.__init__ = __init__
+
+
+def fix_standalone_events(standalone_events: ModuleType) -> None:
+    """``event_dispatcher(config)`` normalizes its config too."""
+    if not _once(standalone_events):
+        return
+    original = standalone_events.event_dispatcher
+
+    @functools.wraps(original)
+    def event_dispatcher(config, *args, **kwargs):
+        return original(normalize_config(config), *args, **kwargs)
+
+    standalone_events.event_dispatcher = event_dispatcher
+
+
+def fix_rpc_timeouts(rpc: ModuleType) -> None:
+    """Replies to ``RpcProxy`` calls are awaited for ``RPC_TIMEOUT`` at most."""
+    if not _once(rpc):
+        return
+    import eventlet
+    from eventlet.event import Event
+    from nameko.exceptions import RpcTimeout
+
+    class TimedRpcReply(rpc.RpcReply):
+        """An RPC reply that raises ``RpcTimeout`` when it does not come in time."""
+
+        def __init__(self, reply_event, timeout, reply_listener, target):
+            super().__init__(reply_event)
+            self.timeout = timeout
+            self.reply_listener = reply_listener
+            self.target = target
+
+        def result(self):
+            if self.resp_body is None:
+                try:
+                    with eventlet.Timeout(self.timeout):
+                        self.resp_body = self.reply_event.wait()
+                except eventlet.Timeout:
+                    # Forget the call: a late reply then finds no waiter and
+                    # is acked and dropped by the reply listener.
+                    pending = self.reply_listener._reply_events
+                    for correlation_id, event in list(pending.items()):
+                        if event is self.reply_event:
+                            del pending[correlation_id]
+                    raise RpcTimeout(
+                        f"{self.target} did not reply within {self.timeout:g}s"
+                    ) from None
+            return super().result()
+
+    original_call = rpc.MethodProxy._call
+
+    @functools.wraps(original_call)
+    def _call(self, *args, **kwargs):
+        reply = original_call(self, *args, **kwargs)
+        timeout = rpc_timeout(self.container.config)
+        if timeout is None or not isinstance(reply.reply_event, Event):
+            return reply  # standalone proxies time out in their own consumer
+        return TimedRpcReply(
+            reply.reply_event,
+            timeout,
+            self.reply_listener,
+            f"{self.service_name}.{self.method_name}",
+        )
+
+    rpc.MethodProxy._call = _call
+    rpc.TimedRpcReply = TimedRpcReply

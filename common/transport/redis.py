@@ -1,0 +1,446 @@
+"""Kombu's Redis transport, made correct for Nameko.
+
+Registered for ``redis://``, ``rediss://`` and ``sentinel://`` by
+:mod:`common.transport.activation`, so ``AMQP_URI: redis://...`` picks it up in
+every process. Each class below fixes one way stock kombu loses, hangs or
+duplicates Nameko's messages; ``docs/transport.md`` explains them in full.
+
+Redis key layout (all under kombu's ``global_keyprefix`` when one is set):
+
+- ``<queue>``, ``<queue>\\x06\\x16<priority>``: the queue's messages (kombu's).
+- ``_kombu.binding.<exchange>``: the exchange's binding table (kombu's).
+- ``_kombu.exchange_types``: exchange name -> type, written on declare, so a
+  publisher that never declared an exchange still routes by its real type.
+- ``_shop.binding_deadlines``: bindings of auto-delete and expiring queues ->
+  the time after which they count as abandoned and are swept.
+- ``unacked``, ``unacked_index``: kombu's ack emulation, one entry per copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from queue import Empty
+from typing import Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+from common.transport.options import registered_transport_options
+
+log = logging.getLogger(__name__)
+
+#: Hash of exchange name -> exchange type, shared by every connection.
+EXCHANGE_TYPES_KEY = "_kombu.exchange_types"
+#: Sorted set of ``exchange SEP binding-member`` -> deadline (ms, server clock).
+BINDING_DEADLINES_KEY = "_shop.binding_deadlines"
+
+#: Seconds a delivered, unacknowledged message stays invisible before another
+#: consumer may take it. Live consumers keep extending it for the messages
+#: they hold, so this bounds crash recovery, not the length of a call.
+DEFAULT_VISIBILITY_TIMEOUT = 20
+#: Seconds between scans for messages whose consumer died.
+RESTORE_SCAN_INTERVAL = 1.0
+#: An auto-delete queue (Nameko's BROADCAST handlers) whose consumer stopped
+#: refreshing its binding for this long is deleted with its messages.
+AUTO_DELETE_QUEUE_TTL_MS = 60_000
+#: Seconds between sweeps of abandoned bindings by each consuming channel.
+BINDING_SWEEP_INTERVAL = 10.0
+
+#: Adds binding member ARGV[1] to table KEYS[1] (also to the permanent set
+#: ARGV[4] when it has no TTL), and sets its deadline in KEYS[2] to ARGV[3] ms
+#: from now by the server clock; ARGV[2] is the deadline-set member.
+BIND_SCRIPT = """
+redis.call('SADD', KEYS[1], ARGV[1])
+if tonumber(ARGV[3]) > 0 then
+    local now = redis.call('TIME')
+    local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[2])
+else
+    redis.call('SADD', ARGV[4], ARGV[1])
+end
+"""
+
+#: Removes up to ARGV[4] bindings whose deadline in KEYS[1] has passed, and
+#: the messages of their queues. ARGV[1] is the key prefix, ARGV[2] the
+#: separator, ARGV[3] a space-separated list of priority suffixes.
+SWEEP_SCRIPT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local prefix, sep = ARGV[1], ARGV[2]
+local overdue = redis.call(
+    'ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[4]))
+for _, entry in ipairs(overdue) do
+    local cut = string.find(entry, sep, 1, true)
+    local exchange = string.sub(entry, 1, cut - 1)
+    local member = string.sub(entry, cut + string.len(sep))
+    redis.call('SREM', prefix .. '_kombu.binding.' .. exchange, member)
+    local queue = member
+    local pos = string.find(queue, sep, 1, true)
+    while pos do
+        queue = string.sub(queue, pos + string.len(sep))
+        pos = string.find(queue, sep, 1, true)
+    end
+    redis.call('DEL', prefix .. queue)
+    for suffix in string.gmatch(ARGV[3], '%S+') do
+        redis.call('DEL', prefix .. queue .. sep .. suffix)
+    end
+    redis.call('ZREM', KEYS[1], entry)
+end
+return #overdue
+"""
+
+
+class Message(virtual.Message):
+    """A message whose ``properties`` carry its content type, as AMQP's do.
+
+    Nameko's RPC responder reads ``message.properties['content_type']``; the
+    virtual transport keeps it outside ``properties`` and the first reply then
+    raises ``KeyError`` and kills the service container.
+    """
+
+    def __init__(self, payload: dict, channel: Any = None, **kwargs: Any) -> None:
+        super().__init__(payload, channel=channel, **kwargs)
+        self.properties = dict(
+            self.properties,
+            content_type=self.content_type,
+            content_encoding=self.content_encoding,
+        )
+
+
+class QoS(kombu_redis.QoS):
+    """Ack emulation that recovers crashed consumers' messages in seconds.
+
+    - The messages a live consumer holds have their visibility extended every
+      quarter of the visibility timeout, so a long call is never handed to a
+      second consumer while the first still works on it.
+    - The scan for abandoned messages runs on a clock (every
+      :data:`RESTORE_SCAN_INTERVAL`), not every tenth idle poll.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_restore_scan = 0.0
+        self._last_visibility_refresh = time.monotonic()
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        now = time.monotonic()
+        if now - self._last_restore_scan < RESTORE_SCAN_INTERVAL:
+            return
+        self._last_restore_scan = now
+        # interval=1: kombu's call counter would otherwise skip 9 scans in 10.
+        super().restore_visible(start=start, num=num, interval=1)
+
+    def maybe_extend_visibility(self) -> None:
+        """Push back the visibility deadline of every message still held."""
+        now = time.monotonic()
+        if now - self._last_visibility_refresh < self.visibility_timeout / 4:
+            return
+        self._last_visibility_refresh = now
+        tags = list(self._delivered)
+        if not tags:
+            return
+        wall_clock = time.time()
+        with self.channel.conn_or_acquire() as client:
+            # XX: never resurrect an entry acked (or restored) meanwhile.
+            client.zadd(self.unacked_index_key, dict.fromkeys(tags, wall_clock), xx=True)
+
+
+class MultiChannelPoller(kombu_redis.MultiChannelPoller):
+    """Adds clock-driven housekeeping to every poll, busy or idle.
+
+    Stock kombu only looks for abandoned messages when a poll found nothing,
+    so under steady load nothing is ever restored.
+    """
+
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        try:
+            return super().get(callback, timeout)
+        finally:
+            self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        for channel in list(self._channels):
+            try:
+                channel.qos.maybe_extend_visibility()
+                if channel.active_queues:
+                    channel.qos.restore_visible(num=channel.unacked_restore_limit)
+                channel.maybe_sweep_bindings()
+            except channel.connection_errors:
+                log.debug("transport housekeeping: connection error", exc_info=True)
+                return
+
+
+class Channel(kombu_redis.Channel):
+    """The Redis channel with Nameko's routing, acking and cleanup fixed."""
+
+    QoS = QoS
+    Message = Message
+    visibility_timeout = DEFAULT_VISIBILITY_TIMEOUT
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        # Options from the service's config (TRANSPORT_OPTIONS) apply to every
+        # connection, also the ones Nameko opens without them (publishers,
+        # standalone proxies). Options given to this connection still win,
+        # because the base class applies them after these.
+        for name, value in registered_transport_options(connection.client).items():
+            if name in self.from_transport_options:
+                setattr(self, name, value)
+        self._binding_ttls: dict[str, int] = {}
+        self._consumed_queues: set[str] = set()
+        super().__init__(connection, **kwargs)
+        self._bindings_swept_at = float("-inf")
+
+    # -- exchange types -----------------------------------------------------
+
+    def exchange_declare(self, exchange: str | None = None, type: str = "direct", **kwargs: Any):
+        known = exchange in self.state.exchanges
+        result = super().exchange_declare(exchange, type, **kwargs)
+        if exchange and not known and not kwargs.get("passive"):
+            with self.conn_or_acquire() as client:
+                client.hset(EXCHANGE_TYPES_KEY, exchange, type or "direct")
+            self.connection.exchange_type_cache[exchange] = type or "direct"
+        return result
+
+    def typeof(self, exchange: str, default: str = "direct"):
+        """The exchange's type, asking Redis if this connection never declared it.
+
+        Nameko's RPC proxy publishes to ``nameko-rpc`` without declaring it;
+        stock kombu then treats it as *direct* and ``users.get`` matches no
+        ``users.*`` binding, so the request silently vanishes.
+        """
+        try:
+            type_name = self.state.exchanges[exchange]["type"]
+        except KeyError:
+            type_name = self._stored_exchange_type(exchange) or default
+        return self.exchange_types[type_name]
+
+    def _stored_exchange_type(self, exchange: str) -> str | None:
+        cache = self.connection.exchange_type_cache
+        if exchange not in cache:
+            with self.conn_or_acquire() as client:
+                stored = client.hget(EXCHANGE_TYPES_KEY, exchange)
+            if stored is None:
+                return None  # not cached: it may be declared later
+            cache[exchange] = stored.decode() if isinstance(stored, bytes) else stored
+        return cache[exchange]
+
+    # -- publishing -----------------------------------------------------------
+
+    def basic_publish(self, message: dict, exchange: str, routing_key: str, **kwargs: Any):
+        """Publish; with ``mandatory`` a message no queue is bound for is refused.
+
+        AMQP returns such a message and Nameko turns that into
+        ``UnknownService``; kombu's virtual transport dropped it, so a call to a
+        service that does not exist waited forever.
+        """
+        mandatory = kwargs.pop("mandatory", False)
+        if not exchange or self.typeof(exchange).type == "fanout":
+            return super().basic_publish(message, exchange, routing_key, **kwargs)
+        self._inplace_augment_message(message, exchange, routing_key)
+        queues = self.typeof(exchange).lookup(self.get_table(exchange), exchange, routing_key, None)
+        if not queues:
+            if mandatory:
+                raise ChannelError(
+                    f"NO_ROUTE - no queue is bound to exchange {exchange!r} "
+                    f"for routing key {routing_key!r}",
+                    (312, 0),
+                    "Basic.publish",
+                    "312",
+                )
+            log.debug("dropped message to %s/%s: no queue bound", exchange, routing_key)
+            return None
+        for queue in queues:
+            self._put(queue, message, **kwargs)
+        return None
+
+    def _put(self, queue: str, message: dict, **kwargs: Any) -> None:
+        """Store one copy of ``message`` in ``queue``, with a tag of its own.
+
+        Stock kombu gives every copy of a message routed to several queues the
+        same delivery tag, so the copies share one ack-emulation slot: one
+        handler's ack erases another's crash record, and a restore republishes
+        the event to every queue. Each copy now has its own tag and remembers
+        its queue, so it is restored there and only there.
+        """
+        properties = message["properties"]
+        copy = dict(
+            message,
+            properties=dict(
+                properties,
+                delivery_tag=self._next_delivery_tag(),
+                delivery_info=dict(properties.get("delivery_info") or {}, queue=queue),
+            ),
+        )
+        super()._put(queue, copy, **kwargs)
+
+    def _do_restore_message(
+        self, payload: dict, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        queue = (payload.get("properties", {}).get("delivery_info") or {}).get("queue")
+        if not queue:  # published by a process without this transport
+            return super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        payload["headers"]["redelivered"] = True
+        payload["properties"]["delivery_info"]["redelivered"] = True
+        priority = self._get_message_priority(payload, reverse=False)
+        push = pipe.lpush if leftmost else pipe.rpush
+        push(self._q_for_pri(queue, priority), dumps(payload))
+        return None
+
+    # -- bindings of queues that must not outlive their consumer --------------
+
+    def _new_queue(self, queue: str, auto_delete: bool = False, **kwargs: Any) -> None:
+        super()._new_queue(queue, auto_delete=auto_delete, **kwargs)
+        if queue in self._expires:
+            self._binding_ttls[queue] = max(self._expires[queue] * 2, AUTO_DELETE_QUEUE_TTL_MS)
+        elif auto_delete:
+            self._binding_ttls[queue] = AUTO_DELETE_QUEUE_TTL_MS
+        else:
+            self._binding_ttls.pop(queue, None)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        if self.typeof(exchange).type == "fanout":
+            return super()._queue_bind(exchange, routing_key, pattern, queue)
+        self._bind(exchange, self._binding_member(routing_key, pattern, queue), queue)
+        return None
+
+    def _binding_member(self, routing_key: str, pattern: str, queue: str) -> str:
+        return self.sep.join([routing_key or "", pattern or "", queue or ""])
+
+    def _bind(self, exchange: str, member: str, queue: str, client: Any = None) -> None:
+        with self.conn_or_acquire(client) as client:
+            self._bind_script(
+                # A prefixed client prefixes only the first key of EVALSHA.
+                keys=[
+                    self.keyprefix_queue % (exchange,),
+                    self.global_keyprefix + BINDING_DEADLINES_KEY,
+                ],
+                args=[
+                    member,
+                    exchange + self.sep + member,
+                    self._binding_ttls.get(queue, 0),
+                    self.global_keyprefix + self.keyprefix_binding_permanent % (exchange,),
+                ],
+                client=client,
+            )
+
+    @property
+    def _bind_script(self):
+        return self.connection.scripts(self, "bind", BIND_SCRIPT)
+
+    @property
+    def _sweep_script(self):
+        return self.connection.scripts(self, "sweep", SWEEP_SCRIPT)
+
+    def maybe_refresh_binding_expiry(self) -> None:
+        """Keep the bindings of the expiring queues this channel consumes alive."""
+        queues = [q for q in self._active_queues if q in self._binding_ttls]
+        if not queues:
+            return
+        now = time.monotonic()
+        refresh_every = min(self._binding_ttls[q] for q in queues) / 1000 / 3
+        if now - self._binding_expiry_refreshed_at < refresh_every:
+            return
+        self._binding_expiry_refreshed_at = now
+        with self.conn_or_acquire() as client:
+            with client.pipeline() as pipe:
+                for queue in queues:
+                    for exchange, routing_key, args in self.state.queue_bindings(queue):
+                        _, pattern, _ = self.typeof(exchange).prepare_bind(
+                            queue, exchange, routing_key, args
+                        )
+                        member = self._binding_member(routing_key, pattern, queue)
+                        self._bind(exchange, member, queue, client=pipe)
+                pipe.execute()
+
+    def maybe_sweep_bindings(self) -> None:
+        now = time.monotonic()
+        if not self._active_queues or now - self._bindings_swept_at < BINDING_SWEEP_INTERVAL:
+            return
+        self._bindings_swept_at = now
+        self.sweep_bindings()
+
+    def sweep_bindings(self, limit: int = 100) -> int:
+        """Delete abandoned bindings (and their queues' messages); return how many."""
+        suffixes = " ".join(str(p) for p in self.priority_steps if p)
+        with self.conn_or_acquire() as client:
+            return self._sweep_script(
+                keys=[BINDING_DEADLINES_KEY],
+                args=[self.global_keyprefix, self.sep, suffixes, limit],
+                client=client,
+            )
+
+    def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str, *args, **kwargs):
+        super()._delete(queue, exchange, routing_key, pattern, *args, **kwargs)
+        member = self._binding_member(routing_key, pattern, queue)
+        with self.conn_or_acquire(client=kwargs.get("client")) as client:
+            client.zrem(BINDING_DEADLINES_KEY, exchange + self.sep + member)
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any):
+        self._consumed_queues.add(queue)
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def close(self) -> None:
+        # An auto-delete queue goes with its consumer, as on RabbitMQ; by now
+        # Nameko has acked or requeued everything it took from it. A BRPOP
+        # still in flight is read first, so what it took is requeued before
+        # the queue is deleted, not after.
+        if not self.closed and self.connection is not None:
+            if self._in_poll:
+                try:
+                    self._brpop_read()
+                except Empty:
+                    pass
+            for queue in self.auto_delete_queues & self._consumed_queues:
+                try:
+                    self.queue_delete(queue)
+                except self.connection_errors:
+                    log.debug("could not delete auto-delete queue %s", queue, exc_info=True)
+        super().close()
+
+
+class _ScriptCache:
+    """Lua scripts registered once per connection, not once per channel."""
+
+    def __init__(self) -> None:
+        self._scripts: dict[str, Any] = {}
+
+    def __call__(self, channel: Channel, name: str, source: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = channel._create_client().register_script(source)
+        return script
+
+
+class Transport(kombu_redis.Transport):
+    """Kombu's Redis transport with the fixes above; see docs/transport.md."""
+
+    Channel = Channel
+
+    # Stock kombu counts channel errors (a refused mandatory publish, a Redis
+    # ResponseError) as recoverable connection errors: it reconnects and
+    # retries them, then re-raises them disguised as OperationalError.
+    recoverable_connection_errors = kombu_redis.Transport.connection_errors
+    recoverable_channel_errors = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = MultiChannelPoller()
+        #: exchange name -> type, learned from Redis (see Channel.typeof).
+        self.exchange_type_cache: dict[str, str] = {}
+        self.scripts = _ScriptCache()
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The fixed channel, reaching Redis through Sentinel."""
+
+    from_transport_options = kombu_redis.SentinelChannel.from_transport_options
+
+
+class SentinelTransport(Transport):
+    """``sentinel://`` with the same fixes."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
