@@ -127,7 +127,7 @@ class QoS(kombu_redis.QoS):
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         now = time.monotonic()
-        if now - self._last_restore_scan < RESTORE_SCAN_INTERVAL:
+        if now - self._last_restore_scan < self.channel.restore_scan_interval:
             return
         self._last_restore_scan = now
         # interval=1: kombu's call counter would otherwise skip 9 scans in 10.
@@ -179,6 +179,15 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     Message = Message
     visibility_timeout = DEFAULT_VISIBILITY_TIMEOUT
+    restore_scan_interval = RESTORE_SCAN_INTERVAL
+    auto_delete_queue_ttl = AUTO_DELETE_QUEUE_TTL_MS
+    binding_sweep_interval = BINDING_SWEEP_INTERVAL
+
+    from_transport_options = kombu_redis.Channel.from_transport_options + (
+        "restore_scan_interval",
+        "auto_delete_queue_ttl",
+        "binding_sweep_interval",
+    )
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         # Options from the service's config (TRANSPORT_OPTIONS) apply to every
@@ -294,9 +303,9 @@ class Channel(kombu_redis.Channel):
     def _new_queue(self, queue: str, auto_delete: bool = False, **kwargs: Any) -> None:
         super()._new_queue(queue, auto_delete=auto_delete, **kwargs)
         if queue in self._expires:
-            self._binding_ttls[queue] = max(self._expires[queue] * 2, AUTO_DELETE_QUEUE_TTL_MS)
+            self._binding_ttls[queue] = max(self._expires[queue] * 2, self.auto_delete_queue_ttl)
         elif auto_delete:
-            self._binding_ttls[queue] = AUTO_DELETE_QUEUE_TTL_MS
+            self._binding_ttls[queue] = self.auto_delete_queue_ttl
         else:
             self._binding_ttls.pop(queue, None)
 
@@ -357,7 +366,7 @@ class Channel(kombu_redis.Channel):
 
     def maybe_sweep_bindings(self) -> None:
         now = time.monotonic()
-        if not self._active_queues or now - self._bindings_swept_at < BINDING_SWEEP_INTERVAL:
+        if not self._active_queues or now - self._bindings_swept_at < self.binding_sweep_interval:
             return
         self._bindings_swept_at = now
         self.sweep_bindings()
@@ -436,7 +445,11 @@ class Transport(kombu_redis.Transport):
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     """The fixed channel, reaching Redis through Sentinel."""
 
-    from_transport_options = kombu_redis.SentinelChannel.from_transport_options
+    from_transport_options = tuple(
+        dict.fromkeys(
+            Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options
+        )
+    )
 
 
 class SentinelTransport(Transport):

@@ -1,0 +1,11 @@
+"""Test-suite wide setup.
+
+Nameko needs eventlet's monkey patch before anything opens a socket, and
+Nameko's pytest plugin no longer applies it, so it happens here, first.
+"""
+
+import eventlet
+
+eventlet.monkey_patch()
+
+pytest_plugins = ["tests.fixtures.brokers", "tests.fixtures.processes"]

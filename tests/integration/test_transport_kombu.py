@@ -1,0 +1,195 @@
+"""Each fix of the Redis transport, at kombu level, over a real Redis server.
+
+Every test here fails on stock kombu (run with SHOP_TRANSPORT=stock to see).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from kombu.exceptions import ChannelError
+
+from common.transport.options import register_transport_options
+
+
+@pytest.fixture
+def connect(redis_broker_only):
+    opened: list[Connection] = []
+
+    def connect(**options) -> Connection:
+        conn = Connection(
+            redis_broker_only.uri,
+            transport_options=dict(redis_broker_only.transport_options, **options),
+        )
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.release()
+
+
+def bind(conn: Connection, exchange: Exchange, *queues: Queue) -> None:
+    channel = conn.default_channel
+    exchange(channel).declare()
+    for queue in queues:
+        queue(channel).declare()
+
+
+def publish(conn: Connection, body: dict, exchange: str, routing_key: str, **kwargs) -> None:
+    conn.Producer().publish(body, exchange=exchange, routing_key=routing_key, retry=False, **kwargs)
+
+
+def test_a_publisher_that_never_declared_the_exchange_routes_by_its_real_type(connect):
+    topic = Exchange("rpc-ex", type="topic", durable=True)
+    queue = Queue("rpc-users", exchange=topic, routing_key="users.*")
+    consumer_side, publisher_side = connect(), connect()
+    bind(consumer_side, topic, queue)
+
+    # The publisher has never heard of "rpc-ex": stock kombu takes it for a
+    # direct exchange and "users.get" matches no "users.*" binding.
+    publish(publisher_side, {"n": 1}, "rpc-ex", "users.get")
+
+    message = queue(consumer_side.default_channel).get(no_ack=True)
+    assert message is not None and message.payload == {"n": 1}
+
+
+def test_a_message_carries_its_content_type_in_its_properties(connect):
+    queue = Queue("plain", exchange=Exchange("plain-ex", type="direct"), routing_key="k")
+    conn = connect()
+    bind(conn, queue.exchange, queue)
+    publish(conn, {"x": 1}, "plain-ex", "k")
+
+    message = queue(conn.default_channel).get(no_ack=True)
+    # Nameko's Responder reads exactly this; stock kombu raises KeyError.
+    assert message.properties["content_type"] == "application/json"
+    assert message.properties["content_encoding"] == "utf-8"
+
+
+def test_a_mandatory_message_no_queue_is_bound_for_is_refused_at_once(connect):
+    topic = Exchange("rpc-ex", type="topic", durable=True)
+    conn = connect()
+    bind(conn, topic, Queue("rpc-users", exchange=topic, routing_key="users.*"))
+
+    started = time.monotonic()
+    with pytest.raises(ChannelError, match="NO_ROUTE"):
+        publish(conn, {}, "rpc-ex", "nobody.get", mandatory=True)
+    assert time.monotonic() - started < 0.5  # refused, not retried
+
+    # Without mandatory the message is simply dropped, as on RabbitMQ.
+    publish(conn, {}, "rpc-ex", "nobody.get")
+
+
+def test_each_copy_of_an_event_has_its_own_ack_slot_and_is_restored_only_to_its_queue(
+    connect,
+):
+    events = Exchange("svc.events", type="topic", durable=True)
+    q1 = Queue("evt-a", exchange=events, routing_key="tick")
+    q2 = Queue("evt-b", exchange=events, routing_key="tick")
+    setup = connect()
+    bind(setup, events, q1, q2)
+    publish(setup, {"n": 1}, "svc.events", "tick")
+
+    handler_a, handler_b = connect(visibility_timeout=1), connect(visibility_timeout=1)
+    copy_a = q1(handler_a.default_channel).get()
+    copy_b = q2(handler_b.default_channel).get()
+    assert copy_a.delivery_tag != copy_b.delivery_tag
+
+    copy_a.ack()  # handler a is done; handler b "crashes" holding its copy
+    time.sleep(1.2)
+    janitor = connect(visibility_timeout=1).default_channel
+    janitor.qos.restore_visible()
+
+    assert q1(janitor).get() is None  # a does not get its event twice
+    again = q2(janitor).get(no_ack=True)  # b gets its event back
+    assert again is not None and again.payload == {"n": 1}
+    assert again.delivery_info["redelivered"] is True
+
+
+def test_a_live_consumer_keeps_its_long_running_message_invisible(connect):
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    setup = connect()
+    bind(setup, queue.exchange, queue)
+    publish(setup, {"job": 1}, "work-ex", "w")
+
+    worker = connect(visibility_timeout=1).default_channel
+    held = queue(worker).get()
+    janitor = connect(visibility_timeout=1).default_channel
+    deadline = time.monotonic() + 2.5  # well past the visibility timeout
+    while time.monotonic() < deadline:
+        worker.qos.maybe_extend_visibility()
+        janitor.qos.restore_visible()
+        assert queue(janitor).get(no_ack=True) is None
+        time.sleep(0.1)
+
+    held.ack()
+    time.sleep(1.2)
+    janitor.qos.restore_visible()
+    assert queue(janitor).get(no_ack=True) is None  # acked: never comes back
+
+
+def test_a_dead_consumers_message_is_restored_after_the_visibility_timeout(connect):
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    setup = connect()
+    bind(setup, queue.exchange, queue)
+    publish(setup, {"job": 2}, "work-ex", "w")
+
+    assert queue(connect(visibility_timeout=1).default_channel).get() is not None
+    janitor = connect(visibility_timeout=1).default_channel
+    janitor.qos.restore_visible()
+    assert queue(janitor).get(no_ack=True) is None  # not yet: still invisible
+    time.sleep(1.2)
+    janitor.qos._last_restore_scan = 0
+    janitor.qos.restore_visible()
+    assert queue(janitor).get(no_ack=True).payload == {"job": 2}
+
+
+def test_an_abandoned_auto_delete_queue_is_swept_with_its_messages(connect, redis_broker_only):
+    events = Exchange("svc.events", type="topic", durable=True)
+    durable = Queue("evt-pool", exchange=events, routing_key="tick")
+    abandoned = Queue("evt-bcast-1", exchange=events, routing_key="tick", auto_delete=True)
+    conn = connect(auto_delete_queue_ttl=500)
+    bind(conn, events, durable, abandoned)
+    publish(conn, {"n": 1}, "svc.events", "tick")
+    assert conn.default_channel.client.llen("evt-bcast-1") == 1
+
+    time.sleep(0.7)  # nobody refreshed the auto-delete queue's binding
+    janitor = connect().default_channel
+    assert janitor.sweep_bindings() == 1
+
+    publish(conn, {"n": 2}, "svc.events", "tick")
+    client = janitor.client
+    assert client.llen("evt-bcast-1") == 0  # its messages went with it
+    assert client.llen("evt-pool") == 2  # the durable queue is untouched
+
+
+def test_an_auto_delete_queue_goes_with_its_consumer(connect):
+    events = Exchange("svc.events", type="topic", durable=True)
+    temporary = Queue("evt-bcast-2", exchange=events, routing_key="tick", auto_delete=True)
+    consumer_conn = connect()
+    bind(consumer_conn, events, temporary)
+    consumer = consumer_conn.Consumer([temporary], callbacks=[lambda body, msg: msg.ack()])
+    consumer.consume()
+    consumer.cancel()
+    consumer_conn.release()
+
+    publisher = connect()
+    with pytest.raises(ChannelError, match="NO_ROUTE"):
+        publish(publisher, {}, "svc.events", "tick", mandatory=True)
+
+
+def test_registered_options_reach_every_new_connection_and_explicit_ones_win(
+    redis_broker_only,
+):
+    uri = redis_broker_only.uri
+    register_transport_options(uri, {"visibility_timeout": 7, "restore_scan_interval": 3})
+    try:
+        with Connection(uri) as plain:
+            assert plain.default_channel.visibility_timeout == 7
+            assert plain.default_channel.restore_scan_interval == 3
+        with Connection(uri, transport_options={"visibility_timeout": 9}) as explicit:
+            assert explicit.default_channel.visibility_timeout == 9
+    finally:
+        register_transport_options(uri, {})
