@@ -100,10 +100,17 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 
 
 def activate() -> None:
-    """Install the hooks once; modules already imported are fixed now."""
-    if any(isinstance(finder, _PostImportFinder) for finder in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _PostImportFinder())
+    """Put the hooks first on ``sys.meta_path``; modules already imported are fixed now.
+
+    Safe to call again: it moves the finder back to the front, which matters
+    when another finder that executes modules itself was inserted before it
+    (pytest's assertion rewriter takes every module of a pytest plugin's
+    distribution, Nameko's included; see ``pytest_plugin``). Hooks run once.
+    """
+    finders = [f for f in sys.meta_path if isinstance(f, _PostImportFinder)]
+    for finder in finders:
+        sys.meta_path.remove(finder)
+    sys.meta_path.insert(0, finders[0] if finders else _PostImportFinder())
     for name, hook in HOOKS.items():
         module = sys.modules.get(name)
         if module is not None:

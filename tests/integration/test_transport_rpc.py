@@ -1,0 +1,127 @@
+"""RPC through Nameko service containers, over Redis and over RabbitMQ."""
+
+from __future__ import annotations
+
+import time
+
+import eventlet
+import pytest
+from nameko.containers import ServiceContainer
+from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from tests.integration.transport_services import Echo, OutOfCheese, Sleeper
+
+
+@pytest.fixture
+def run_services(broker, records):
+    """Start services in this process: ``run_services(config, *classes)``."""
+    containers: list[ServiceContainer] = []
+
+    def run(config, *service_classes):
+        config = dict(config, RECORD_URL=records_url(records), RECORD_KEY=records.key)
+        for service_cls in service_classes:
+            container = ServiceContainer(service_cls, config)
+            container.start()
+            containers.append(container)
+        for service_cls in service_classes:
+            records.wait_for("ready", service=service_cls.name)
+        return containers
+
+    yield run
+    for container in containers:
+        container.kill()
+
+
+def records_url(records) -> str:
+    kwargs = records.client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_rpc_round_trip_and_remote_errors_arrive_as_their_types(broker, run_services):
+    config = broker.config()
+    run_services(config, Echo)
+    with ClusterRpcProxy(config) as rpc:
+        assert rpc.echo.hello("hi")["echo"] == "hi"
+        with pytest.raises(RemoteError) as unregistered:
+            rpc.echo.fail()
+        assert unregistered.value.exc_type == "ValueError"
+        assert "bad value" in unregistered.value.value
+        with pytest.raises(OutOfCheese, match="no cheese left"):
+            rpc.echo.fail_typed()
+
+
+def test_a_call_to_a_service_that_does_not_exist_fails_fast(broker, run_services):
+    config = broker.config()
+    run_services(config, Echo)
+    with ClusterRpcProxy(config) as rpc:
+        started = time.monotonic()
+        with pytest.raises(UnknownService):
+            rpc.no_such_service.anything()
+        assert time.monotonic() - started < 1
+
+        started = time.monotonic()
+        with pytest.raises(RemoteError) as from_a_service:
+            rpc.echo.call_missing()  # service-to-service
+        assert from_a_service.value.exc_type == "UnknownService"
+        assert time.monotonic() - started < 1
+
+
+def test_a_standalone_call_times_out_with_a_clear_error(broker, run_services):
+    config = broker.config(RPC_TIMEOUT=1)
+    run_services(config, Echo)
+    with ClusterRpcProxy(config) as rpc:
+        started = time.monotonic()
+        with pytest.raises(RpcTimeout):
+            rpc.echo.slow(3, "late")
+        assert 0.9 < time.monotonic() - started < 2
+        # The proxy is still usable, and the late reply is not mistaken for this one.
+        assert rpc.echo.hello("after")["echo"] == "after"
+
+
+def test_a_service_to_service_call_times_out_and_frees_the_worker(broker, run_services, records):
+    config = broker.config(RPC_TIMEOUT=1)
+    echo, _ = run_services(config, Echo, Sleeper)
+    with ClusterRpcProxy(config, timeout=10) as rpc:
+        started = time.monotonic()
+        with pytest.raises(RemoteError) as timed_out:
+            rpc.echo.call_slow_peer(4)
+        assert time.monotonic() - started < 3
+    assert timed_out.value.exc_type == "RpcTimeout"
+    assert "sleeper.sleep did not reply within 1s" in timed_out.value.value
+    (ended,) = records.all("peer-call-ended")
+    assert ended["waited"] < 2
+    eventlet.sleep(0.1)
+    assert len(echo._worker_threads) == 0  # no worker left waiting
+
+
+def test_config_transport_options_reach_consumers_publishers_and_proxies(
+    redis_broker_only, run_services
+):
+    from nameko.amqp.publish import get_connection, get_producer
+
+    config = redis_broker_only.config(TRANSPORT_OPTIONS={"visibility_timeout": 11})
+    (echo,) = run_services(config, Echo)
+
+    consumer = next(e for e in echo.extensions if hasattr(e, "_consumers_ready"))
+    assert consumer.connection.default_channel.visibility_timeout == 11
+    # Publishers and standalone proxies connect without Nameko passing options.
+    with get_connection(config["AMQP_URI"]) as conn:
+        assert conn.default_channel.visibility_timeout == 11
+    with get_producer(config["AMQP_URI"]) as producer:
+        assert producer.channel.visibility_timeout == 11
+    with ClusterRpcProxy(config) as rpc:
+        assert rpc.echo.hello(1)["echo"] == 1
+
+
+def test_options_in_the_broker_url_work_and_extend_nameko_defaults(redis_broker_only):
+    from common.transport.nameko_fixes import normalize_config
+
+    base = redis_broker_only.config()
+    config = normalize_config(dict(base, AMQP_URI=base["AMQP_URI"] + "?visibility_timeout=13"))
+    assert "?" not in config["AMQP_URI"]
+    assert config["TRANSPORT_OPTIONS"]["visibility_timeout"] == 13
+    assert config["TRANSPORT_OPTIONS"]["max_retries"] == 3  # nameko's default kept
+    with ClusterRpcProxy(dict(base, AMQP_URI=base["AMQP_URI"] + "?visibility_timeout=13")) as rpc:
+        with pytest.raises(UnknownService):
+            rpc.nobody.home()
