@@ -137,6 +137,10 @@ class PoolB:
     def on_solo(self, payload):
         self.record("solo", n=payload["n"])
 
+    @event_handler("emitter", "crash", handler_type=SERVICE_POOL)
+    def on_crash(self, payload):
+        self.record("crash-seen", n=payload["n"])
+
 
 class Broadcast:
     name = "broadcast"
