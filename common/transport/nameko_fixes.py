@@ -130,10 +130,12 @@ def fix_rpc_timeouts(rpc: ModuleType) -> None:
             self.reply_listener = reply_listener
             self.target = target
 
-        def result(self):
+        def result(self, timeout=None):
+            """The reply; ``timeout`` (seconds) overrides ``RPC_TIMEOUT`` for this wait."""
+            timeout = self.timeout if timeout is None else timeout
             if self.resp_body is None:
                 try:
-                    with eventlet.Timeout(self.timeout):
+                    with eventlet.Timeout(timeout):
                         self.resp_body = self.reply_event.wait()
                 except eventlet.Timeout:
                     # Forget the call: a late reply then finds no waiter and
@@ -142,9 +144,7 @@ def fix_rpc_timeouts(rpc: ModuleType) -> None:
                     for correlation_id, event in list(pending.items()):
                         if event is self.reply_event:
                             del pending[correlation_id]
-                    raise RpcTimeout(
-                        f"{self.target} did not reply within {self.timeout:g}s"
-                    ) from None
+                    raise RpcTimeout(f"{self.target} did not reply within {timeout:g}s") from None
             return super().result()
 
     original_call = rpc.MethodProxy._call
@@ -153,7 +153,7 @@ def fix_rpc_timeouts(rpc: ModuleType) -> None:
     def _call(self, *args, **kwargs):
         reply = original_call(self, *args, **kwargs)
         timeout = rpc_timeout(self.container.config)
-        if timeout is None or not isinstance(reply.reply_event, Event):
+        if not isinstance(reply.reply_event, Event):
             return reply  # standalone proxies time out in their own consumer
         return TimedRpcReply(
             reply.reply_event,
