@@ -8,4 +8,4 @@ import eventlet
 
 eventlet.monkey_patch()
 
-pytest_plugins = ["tests.fixtures.brokers", "tests.fixtures.processes"]
+pytest_plugins = ["tests.fixtures.brokers", "tests.fixtures.processes", "tests.fixtures.mongo"]

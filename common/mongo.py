@@ -1,0 +1,176 @@
+"""``Mongo``: a Nameko dependency giving each worker its service's MongoDB database.
+
+Usage::
+
+    class UsersService:
+        name = "users"
+        db = Mongo("users", indexes={"users": [IndexModel([("email", 1)], unique=True)]})
+
+Lifecycle, as every Nameko extension: ``setup()`` reads the config,
+``start()`` connects (one ``MongoClient`` per container), checks the server
+answers and ensures the declared indexes, ``stop()``/``kill()`` close the
+client, and ``get_dependency()`` hands each worker the service's
+``pymongo.database.Database``.
+
+Config keys (``config.yml``): ``MONGO_URI``; ``MONGO_DATABASES``, a mapping
+from the key given to ``Mongo(key)`` to a database name (``shop_<key>`` when
+absent); ``MONGO_CONNECT_TIMEOUT_MS`` (default 3000), which bounds the start-up
+check and, as pymongo's server selection timeout, every later operation while
+MongoDB is unreachable, so a call fails inside the RPC timeout instead of
+hanging.
+
+Health: service code calls ``ping(self.db)``, a module function on the
+``Database`` the worker already holds, rather than reaching for the provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pymongo
+from nameko.extensions import DependencyProvider
+from pymongo import IndexModel, MongoClient
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
+
+from common.uris import redact_uri
+
+MONGO_URI_CONFIG_KEY = "MONGO_URI"
+MONGO_DATABASES_CONFIG_KEY = "MONGO_DATABASES"
+MONGO_CONNECT_TIMEOUT_CONFIG_KEY = "MONGO_CONNECT_TIMEOUT_MS"
+
+DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017"
+DEFAULT_CONNECT_TIMEOUT_MS = 3000
+#: Database name for a key missing from ``MONGO_DATABASES``.
+DATABASE_NAME_TEMPLATE = "shop_{}"
+#: Seconds ``ping`` waits for an answer.
+DEFAULT_PING_TIMEOUT = 2.0
+
+#: An index declaration: collection name -> the indexes it must have.
+Indexes = Mapping[str, Sequence[IndexModel]]
+
+
+class MongoConnectionError(Exception):
+    """MongoDB is unreachable or the URI is unusable; the message never holds a password."""
+
+
+class MongoIndexError(Exception):
+    """A declared index could not be created (it conflicts with an existing one, or data)."""
+
+
+def connect(uri: str, timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS, **options: Any) -> MongoClient:
+    """Return a ``MongoClient`` for ``uri`` once the server answers ``ping``.
+
+    Raises ``MongoConnectionError`` (password redacted) when the URI is
+    invalid or nothing answers within ``timeout_ms``. ``options`` go to
+    ``MongoClient`` and win over the timeouts set here.
+    """
+    options = {
+        "serverSelectionTimeoutMS": timeout_ms,
+        "connectTimeoutMS": timeout_ms,
+        **options,
+    }
+    try:
+        client: MongoClient = MongoClient(uri, **options)
+    except (ConfigurationError, ValueError, TypeError) as exc:
+        raise MongoConnectionError(
+            f"invalid MongoDB URI {redact_uri(uri)}: {redact_uri(str(exc))}"
+        ) from None
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        client.close()
+        raise MongoConnectionError(
+            f"MongoDB at {redact_uri(uri)} did not answer within {timeout_ms} ms "
+            f"({MONGO_CONNECT_TIMEOUT_CONFIG_KEY}): {redact_uri(str(exc))}"
+        ) from None
+    return client
+
+
+def ensure_indexes(database: Database, indexes: Indexes) -> None:
+    """Create the declared indexes (a no-op for those that exist with the same options)."""
+    for collection, models in indexes.items():
+        if not models:
+            continue
+        try:
+            database[collection].create_indexes(list(models))
+        except OperationFailure as exc:
+            raise MongoIndexError(
+                f"cannot ensure indexes on {database.name}.{collection}: {exc}"
+            ) from exc
+
+
+def ping(database: Database, timeout: float = DEFAULT_PING_TIMEOUT) -> bool:
+    """True if the server behind ``database`` answers ``ping`` within ``timeout`` s.
+
+    Never raises: meant for health checks, which report rather than fail.
+    """
+    try:
+        with pymongo.timeout(timeout):
+            database.command("ping")
+    except PyMongoError:
+        return False
+    return True
+
+
+class Mongo(DependencyProvider):
+    """Injects the service's ``pymongo.database.Database``; one ``MongoClient`` per container.
+
+    ``key`` names the database in ``MONGO_DATABASES``; ``indexes`` maps
+    collection names to the ``IndexModel``s ensured at start; other keyword
+    arguments are ``MongoClient`` options (``tz_aware=True``, ...).
+    """
+
+    def __init__(self, key: str, indexes: Indexes | None = None, **client_options: Any) -> None:
+        self.key = key
+        self.indexes: dict[str, list[IndexModel]] = {
+            collection: list(models) for collection, models in (indexes or {}).items()
+        }
+        self.client_options = client_options
+        self.uri = DEFAULT_MONGO_URI
+        self.database_name = DATABASE_NAME_TEMPLATE.format(key)
+        self.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS
+        self.client: MongoClient | None = None
+        self.database: Database | None = None
+
+    def setup(self) -> None:
+        """Read the URI, this service's database name and the connect timeout from config."""
+        config = self.container.config
+        self.uri = config.get(MONGO_URI_CONFIG_KEY) or DEFAULT_MONGO_URI
+        databases = config.get(MONGO_DATABASES_CONFIG_KEY) or {}
+        self.database_name = databases.get(self.key) or DATABASE_NAME_TEMPLATE.format(self.key)
+        self.connect_timeout_ms = int(
+            config.get(MONGO_CONNECT_TIMEOUT_CONFIG_KEY) or DEFAULT_CONNECT_TIMEOUT_MS
+        )
+
+    def start(self) -> None:
+        """Connect, failing fast when MongoDB does not answer, then ensure the indexes."""
+        options = {"appname": self.container.service_name, **self.client_options}
+        client = connect(self.uri, self.connect_timeout_ms, **options)
+        database = client[self.database_name]
+        try:
+            ensure_indexes(database, self.indexes)
+        except BaseException:
+            client.close()
+            raise
+        self.client, self.database = client, database
+
+    def stop(self) -> None:
+        """Close the client once the container's workers have finished."""
+        self._close()
+
+    def kill(self) -> None:
+        """Close the client at once."""
+        self._close()
+
+    def get_dependency(self, worker_ctx: Any) -> Database:
+        """The service's database, shared by all workers of this container."""
+        if self.database is None:
+            raise MongoConnectionError(f"Mongo({self.key!r}) is not started")
+        return self.database
+
+    def _close(self) -> None:
+        client, self.client, self.database = self.client, None, None
+        if client is not None:
+            client.close()

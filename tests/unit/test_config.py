@@ -1,0 +1,185 @@
+"""load_config reads config files exactly as ``nameko run --config`` does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import ConfigLoader, load_config, merge_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_VARS = (
+    "AMQP_URI",
+    "MONGO_URI",
+    "REDIS_URL",
+    "SHOP_ENV",
+    "RPC_TIMEOUT",
+    "VISIBILITY_TIMEOUT",
+    "MAX_WORKERS",
+    "MONGO_CONNECT_TIMEOUT_MS",
+    "USERS_DB",
+    "ORDERS_DB",
+    "PAYMENTS_DB",
+    "GATEWAY_ADDRESS",
+)
+
+TRICKY = textwrap.dedent(
+    """\
+    PLAIN: ${PLAIN_VAR:fallback}
+    NUMBER: ${NUMBER_VAR:5}
+    FLOAT: ${FLOAT_VAR:0.5}
+    FLAG: ${FLAG_VAR:true}
+    EMPTY_DEFAULT: ${UNSET_VAR_WITHOUT_DEFAULT}
+    IN_TEXT: prefix-${PLAIN_VAR:a}-${NUMBER_VAR:1}-suffix
+    LIST: ${LIST_VAR:[1, 2]}
+    RAW: !raw_env_var "${NUMBER_VAR:5}"
+    TAGGED: !env_var "${NUMBER_VAR:5}"
+    NESTED:
+      DEEP: ${PLAIN_VAR:deep}
+      ADDRESS: ${ADDR_VAR:0.0.0.0:3000}
+    URL: ${URL_VAR:redis://127.0.0.1:6379/0}
+    LITERAL: no variables here
+    """
+)
+
+ENVIRONMENTS = [
+    {},
+    {"PLAIN_VAR": "from-env", "NUMBER_VAR": "42", "FLAG_VAR": "no", "LIST_VAR": "[a, b]"},
+    {"NUMBER_VAR": "007", "FLOAT_VAR": "1e3", "URL_VAR": "mongodb://u:p@h:1/?a=b"},
+    {"PLAIN_VAR": "${NUMBER_VAR:9}", "ADDR_VAR": "127.0.0.1:8000"},
+]
+
+NAMEKO_LOADS = """\
+import json, sys, yaml
+from nameko.cli.main import setup_yaml_parser
+setup_yaml_parser()
+with open(sys.argv[1]) as f:
+    print(json.dumps(yaml.safe_load(f), sort_keys=True))
+"""
+
+
+def use_environ(monkeypatch: pytest.MonkeyPatch, extra: dict[str, str]) -> dict[str, str]:
+    """Unset every variable the configs mention, set ``extra``; return the environment."""
+    names = set(CONFIG_VARS) | {
+        "PLAIN_VAR",
+        "NUMBER_VAR",
+        "FLOAT_VAR",
+        "FLAG_VAR",
+        "LIST_VAR",
+        "URL_VAR",
+        "ADDR_VAR",
+        "UNSET_VAR_WITHOUT_DEFAULT",
+    }
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    return dict(os.environ)
+
+
+def load_like_nameko_run(path: Path, env: dict[str, str]) -> dict:
+    """What ``nameko run --config path`` would see, computed by nameko itself."""
+    result = subprocess.run(
+        [sys.executable, "-c", NAMEKO_LOADS, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def tricky_config(tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text(TRICKY)
+    return path
+
+
+@pytest.mark.parametrize("extra_env", ENVIRONMENTS, ids=["defaults", "set", "odd", "indirect"])
+def test_matches_nameko_run(tricky_config, monkeypatch, extra_env):
+    env = use_environ(monkeypatch, extra_env)
+    assert json.loads(json.dumps(load_config(tricky_config), sort_keys=True)) == (
+        load_like_nameko_run(tricky_config, env)
+    )
+
+
+@pytest.mark.parametrize("extra_env", [{}, {"RPC_TIMEOUT": "9", "USERS_DB": "u"}])
+def test_repository_config_matches_nameko_run(monkeypatch, extra_env):
+    env = use_environ(monkeypatch, extra_env)
+    path = REPO_ROOT / "config.yml"
+    assert load_config(path) == load_like_nameko_run(path, env)
+
+
+def test_repository_config_defaults(monkeypatch):
+    use_environ(monkeypatch, {})
+    config = load_config(REPO_ROOT / "config.yml")
+    assert config["AMQP_URI"] == "redis://127.0.0.1:6379/0"
+    assert config["MONGO_URI"] == "mongodb://127.0.0.1:27017"
+    assert config["MONGO_CONNECT_TIMEOUT_MS"] == 3000
+    assert config["MONGO_DATABASES"] == {
+        "users": "shop_users",
+        "orders": "shop_orders",
+        "payments": "shop_payments",
+    }
+    assert config["WEB_SERVER_ADDRESS"] == "0.0.0.0:3000"
+    assert config["RPC_TIMEOUT"] == 5
+
+
+def test_environment_overrides_defaults(tricky_config, monkeypatch):
+    use_environ(monkeypatch, {"NUMBER_VAR": "12", "PLAIN_VAR": "x"})
+    config = load_config(tricky_config)
+    assert config["NUMBER"] == 12
+    assert config["PLAIN"] == "x"
+    assert config["IN_TEXT"] == "prefix-x-12-suffix"
+    assert config["RAW"] == "12"
+    assert config["EMPTY_DEFAULT"] is None
+
+
+def test_overrides_merge_nested_mappings(tricky_config, monkeypatch):
+    use_environ(monkeypatch, {})
+    config = load_config(tricky_config, overrides={"NESTED": {"DEEP": "over"}, "NUMBER": 1})
+    assert config["NESTED"] == {"DEEP": "over", "ADDRESS": "0.0.0.0:3000"}
+    assert config["NUMBER"] == 1
+
+
+def test_merge_config_replaces_non_mappings_and_copies():
+    base = {"a": {"b": 1, "c": 2}, "l": [1]}
+    merged = merge_config(base, {"a": {"c": 3}, "l": [2]})
+    assert merged == {"a": {"b": 1, "c": 3}, "l": [2]}
+    assert base == {"a": {"b": 1, "c": 2}, "l": [1]}
+
+
+def test_empty_file_is_an_empty_config(tmp_path):
+    path = tmp_path / "empty.yml"
+    path.write_text("")
+    assert load_config(path) == {}
+
+
+def test_non_mapping_is_rejected(tmp_path):
+    path = tmp_path / "list.yml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(path)
+
+
+def test_global_safe_loader_is_left_alone():
+    """Importing and using common.config must not make yaml.safe_load expand variables."""
+    code = (
+        "import yaml\n"
+        "from common.config import load_config\n"
+        "load_config('config.yml')\n"
+        "print(yaml.safe_load('${X:1}'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "${X:1}"
+    assert issubclass(ConfigLoader, yaml.SafeLoader)
