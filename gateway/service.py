@@ -15,6 +15,10 @@ from gateway.readiness import PROBE_TIMEOUT, check_readiness
 DOWNSTREAM_SERVICES = ("users", "orders", "payments")
 
 
+class ServiceDegraded(Exception):
+    """A service answered its health check but cannot serve (e.g. its database is down)."""
+
+
 def json_response(body: object, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
@@ -44,7 +48,13 @@ class GatewayService:
 
     def _health_probe(self, service: str):
         proxy = getattr(self, service)
-        return lambda: proxy.health.call_async().result(timeout=PROBE_TIMEOUT)
+
+        def probe() -> None:
+            report = proxy.health.call_async().result(timeout=PROBE_TIMEOUT)
+            if report.get("status") != "ok":
+                raise ServiceDegraded(", ".join(f"{k} {v}" for k, v in report.items()))
+
+        return probe
 
     def _ping_broker(self) -> None:
         with Connection(self.config["AMQP_URI"], connect_timeout=PROBE_TIMEOUT) as connection:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 
@@ -11,16 +10,11 @@ import pytest
 from nameko.containers import ServiceContainer
 from nameko.standalone.rpc import ClusterRpcProxy
 
+from common.embedded import free_port
 from gateway.service import GatewayService
 from orders.service import OrdersService
 from payments.service import PaymentsService
 from users.service import UsersService
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, dict]:
@@ -46,18 +40,18 @@ def containers():
         container.kill()
 
 
-def test_every_service_answers_health_over_the_broker(broker, containers):
-    config = broker.config()
+def test_every_service_answers_health_over_the_broker(broker, containers, mongo_uri):
+    config = broker.config(MONGO_URI=mongo_uri)
     for service_cls in (UsersService, OrdersService, PaymentsService):
         containers(service_cls, config)
     with ClusterRpcProxy(config) as rpc:
         for name in ("users", "orders", "payments"):
-            assert rpc[name].health() == {"service": name, "status": "ok"}
+            assert rpc[name].health() == {"service": name, "status": "ok", "mongo": "up"}
 
 
-def test_ready_is_503_naming_the_missing_service_until_all_answer(broker, containers):
+def test_ready_is_503_naming_the_missing_service_until_all_answer(broker, containers, mongo_uri):
     port = free_port()
-    config = broker.config(WEB_SERVER_ADDRESS=f"127.0.0.1:{port}")
+    config = broker.config(WEB_SERVER_ADDRESS=f"127.0.0.1:{port}", MONGO_URI=mongo_uri)
     containers(GatewayService, config)
     containers(UsersService, config)
     containers(OrdersService, config)
@@ -74,3 +68,31 @@ def test_ready_is_503_naming_the_missing_service_until_all_answer(broker, contai
     status, body = get(f"{base}/ready")
     assert status == 200, body
     assert set(body["components"].values()) == {"up"}
+
+
+def test_a_service_whose_database_is_down_is_not_ready(broker, containers, mongo_uri):
+    from pymongo import MongoClient
+
+    from common.mongo import ping
+
+    port = free_port()
+    config = broker.config(WEB_SERVER_ADDRESS=f"127.0.0.1:{port}", MONGO_URI=mongo_uri)
+    containers(GatewayService, config)
+    users = containers(UsersService, config)
+    containers(OrdersService, config)
+    containers(PaymentsService, config)
+    assert get(f"http://127.0.0.1:{port}/ready")[0] == 200
+
+    # Cut users off its database: its health then says so, and /ready names it.
+    from nameko.testing.utils import get_extension
+
+    from common.mongo import Mongo
+
+    mongo = get_extension(users, Mongo)
+    mongo.database = MongoClient("mongodb://127.0.0.1:1", serverSelectionTimeoutMS=200)[
+        mongo.database_name
+    ]
+    assert not ping(mongo.database, timeout=0.5)
+    status, body = get(f"http://127.0.0.1:{port}/ready")
+    assert status == 503
+    assert "mongo down" in body["components"]["users"]
