@@ -29,6 +29,11 @@ for variable in ("AMQP_URI", "REDIS_URL", "MONGO_URI"):
     print(f"{name} {variable}={os.environ.get(variable)}")
 print(f"{name} ready", flush=True)
 if len(sys.argv) > 2:
+    # Exit with argv[2] once the process named argv[3] (if any) has started.
+    while len(sys.argv) > 3 and not (
+        os.path.exists(sys.argv[3] + ".pid") and open(sys.argv[3] + ".pid").read()
+    ):
+        time.sleep(0.05)
     sys.exit(int(sys.argv[2]))
 time.sleep(300)
 """
@@ -176,7 +181,9 @@ def test_runs_procfile_with_embedded_servers_and_stops_everything(
 
 def test_one_process_exiting_stops_the_rest_and_sets_the_exit_code(workdir, devrun_factory):
     procfile = workdir / "Procfile"
-    procfile.write_text("alpha: python worker.py alpha\nquitter: python worker.py quitter 3\n")
+    procfile.write_text(
+        "alpha: python worker.py alpha\nquitter: python worker.py quitter 3 alpha\n"
+    )
     run = devrun_factory(procfile)
     redis_pid = int(run.wait_for(r"broker: embedded redis \S+ \(pid (\d+)\)").group(1))
     mongo_pid = int(run.wait_for(r"mongo: embedded \S+ \(pid (\d+),").group(1))
