@@ -8,4 +8,9 @@ import eventlet
 
 eventlet.monkey_patch()
 
-pytest_plugins = ["tests.fixtures.brokers", "tests.fixtures.processes", "tests.fixtures.mongo"]
+pytest_plugins = [
+    "tests.fixtures.brokers",
+    "tests.fixtures.processes",
+    "tests.fixtures.mongo",
+    "tests.fixtures.services",
+]

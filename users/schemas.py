@@ -8,9 +8,11 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from common.schema_fields import UtcTimestamp
+from common.tokens import (
+    MAX_TOKEN_LENGTH,
+)
 from users.domain import (
     CURRENT_PASSWORD_REQUIRED,
-    MAX_TOKEN_LENGTH,
     PASSWORD_MAX_LENGTH,
     PASSWORD_MIN_LENGTH,
     normalize_email,

@@ -8,17 +8,19 @@ import pytest
 from marshmallow import ValidationError
 
 from common.errors import Unauthorized, ValidationFailed, flatten_messages
-from users.domain import (
+from common.tokens import (
     ACCESS_TOKEN,
     DEFAULT_JWT_SECRET,
     REFRESH_TOKEN,
     InsecureSecretError,
-    PasswordHasher,
     TokenIssuer,
     TokenVerifier,
+    check_secret_for_environment,
+)
+from users.domain import (
+    PasswordHasher,
     User,
     check_current_password,
-    check_secret_for_environment,
     normalize_email,
 )
 from users.schemas import (
