@@ -1,0 +1,138 @@
+"""Structured logs: one JSON object per line, carrying the request id of the worker.
+
+- :class:`RequestContext` (a Nameko dependency every service declares) runs in each
+  worker's green thread: it takes the request id from the worker's context data
+  (``request_id``, put there by the gateway from ``X-Request-ID``), or makes one when a
+  worker starts a chain itself (a timer, a shell call), and stores it in context data so
+  Nameko carries it on to every RPC and event that worker makes.
+- :class:`RequestIdFilter` stamps every log record with it; :class:`JsonFormatter`
+  writes the record as one JSON object; :class:`SecretsFilter` masks anything that looks
+  like a card number, a CVV, a password or a token, as a last line of defence (the code
+  never logs them in the first place).
+
+``config.yml``'s ``LOGGING`` wires them up for ``nameko run`` (Nameko passes it to
+``logging.config.dictConfig``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from eventlet import corolocal
+from nameko.extensions import DependencyProvider
+
+REQUEST_ID_CONTEXT_KEY = "request_id"
+
+_local = corolocal.local()
+
+#: LogRecord attributes that are not "extra" fields.
+_STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def current_request_id() -> str | None:
+    """The request id of the worker running in this green thread, if any."""
+    return getattr(_local, "request_id", None)
+
+
+def current_service() -> str | None:
+    """The name of the service whose worker runs in this green thread, if any."""
+    return getattr(_local, "service", None)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RequestContext(DependencyProvider):
+    """Gives each worker its request id (``self.request_id``) and makes logs carry it."""
+
+    def get_dependency(self, worker_ctx: Any) -> str:
+        # Nameko injects dependencies before worker_setup: the id is settled here.
+        # (``context_data`` is a copy; ``data`` is what outgoing calls carry.)
+        request_id = worker_ctx.data.get(REQUEST_ID_CONTEXT_KEY) or new_request_id()
+        worker_ctx.data[REQUEST_ID_CONTEXT_KEY] = request_id
+        return request_id
+
+    def worker_setup(self, worker_ctx: Any) -> None:
+        _local.request_id = worker_ctx.data.get(REQUEST_ID_CONTEXT_KEY)
+        _local.service = worker_ctx.service_name
+
+    def worker_teardown(self, worker_ctx: Any) -> None:
+        _local.request_id = None
+        _local.service = None
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (or None) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", None):
+            record.request_id = current_request_id()
+        return True
+
+
+_SECRET_PATTERNS = [
+    # JWTs: three base64url parts, the first starting with {"
+    (re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+"), "[token]"),
+    # card numbers: 13-19 digits, optionally grouped by spaces or hyphens
+    (re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)"), "[card]"),
+    # "password": "...", 'cvv': '...', password=..., Authorization: Bearer ...
+    (
+        re.compile(
+            r"""(?i)(["']?(?:password|currentPassword|cvv|authorization|refreshToken|"""
+            r"""accessToken)["']?\s*[:=]\s*)(["']?)[^"',\s}]+"""
+        ),
+        r"\1\2[redacted]",
+    ),
+]
+
+
+def mask_secrets(text: str) -> str:
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class SecretsFilter(logging.Filter):
+    """Masks secrets in a record's message and traceback before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, service, request id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": current_service(),
+            "request_id": getattr(record, "request_id", None) or current_request_id(),
+        }
+        for name, value in vars(record).items():
+            if name not in _STANDARD_ATTRIBUTES and name not in entry:
+                entry[name] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, default=str)
