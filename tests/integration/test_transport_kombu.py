@@ -193,3 +193,52 @@ def test_registered_options_reach_every_new_connection_and_explicit_ones_win(
             assert explicit.default_channel.visibility_timeout == 9
     finally:
         register_transport_options(uri, {})
+
+
+def test_a_cached_binding_table_never_routes_past_a_new_or_deleted_binding(connect):
+    events = Exchange("svc.events", type="topic", durable=True)
+    first = Queue("evt-first", exchange=events, routing_key="tick")
+    later = Queue("evt-later", exchange=events, routing_key="tick")
+    publisher, other = connect(), connect()
+    bind(other, events, first)
+    publish(publisher, {"n": 1}, "svc.events", "tick")  # the publisher caches the table
+
+    bind(other, events, later)  # a new binding, made by another connection
+    publish(publisher, {"n": 2}, "svc.events", "tick")
+    client = other.default_channel.client
+    assert client.llen("evt-first") == 2
+    assert client.llen("evt-later") == 1  # stale cache, yet routed to the new queue
+
+    later(other.default_channel).delete()
+    publish(publisher, {"n": 3}, "svc.events", "tick")
+    assert client.llen("evt-first") == 3
+    assert client.exists("evt-later") == 0  # nothing pushed into the deleted queue
+
+    first(other.default_channel).delete()
+    with pytest.raises(ChannelError, match="NO_ROUTE"):
+        publish(publisher, {}, "svc.events", "tick", mandatory=True)
+
+
+def test_a_reply_queue_is_consumed_without_ack_bookkeeping_and_requests_with_it(connect):
+    rpc = Exchange("rpc-ex", type="topic", durable=True)
+    requests = Queue("rpc-users", exchange=rpc, routing_key="users.*")
+    replies = Queue("rpc.reply-caller-1", exchange=rpc, routing_key="r1")
+    conn = connect()
+    bind(conn, rpc, requests, replies)
+    publish(conn, {"call": 1}, "rpc-ex", "users.get")
+    publish(conn, {"reply": 1}, "rpc-ex", "r1")
+    channel = conn.default_channel
+    got: list = []
+    consumer = conn.Consumer([requests, replies], callbacks=[lambda body, msg: got.append(msg)])
+    consumer.consume()
+    while len(got) < 2:
+        conn.drain_events(timeout=2)
+
+    client = channel.client  # prefixes HLEN, HGET, ZRANGE (the test's key prefix)
+    request = next(msg for msg in got if msg.delivery_info["routing_key"] == "users.get")
+    assert client.hlen("unacked") == 1  # the request's slot only
+    assert client.hget("unacked", request.delivery_tag) is not None
+    for msg in got:
+        msg.ack()
+    assert client.hlen("unacked") == 0
+    assert client.zrange("unacked_index", 0, -1) == []
