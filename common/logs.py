@@ -48,6 +48,12 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def bind_request(request_id: str | None, service: str | None) -> None:
+    """Make this green thread's log lines carry ``request_id`` and ``service``."""
+    _local.request_id = request_id
+    _local.service = service
+
+
 class RequestContext(DependencyProvider):
     """Gives each worker its request id (``self.request_id``) and makes logs carry it."""
 
@@ -59,12 +65,10 @@ class RequestContext(DependencyProvider):
         return request_id
 
     def worker_setup(self, worker_ctx: Any) -> None:
-        _local.request_id = worker_ctx.data.get(REQUEST_ID_CONTEXT_KEY)
-        _local.service = worker_ctx.service_name
+        bind_request(worker_ctx.data.get(REQUEST_ID_CONTEXT_KEY), worker_ctx.service_name)
 
     def worker_teardown(self, worker_ctx: Any) -> None:
-        _local.request_id = None
-        _local.service = None
+        bind_request(None, None)
 
 
 class RequestIdFilter(logging.Filter):

@@ -1,0 +1,48 @@
+"""One table from any failure to the contract's error response; routes hold no try/except.
+
+Errors the services raise (common.errors) cross RPC as themselves and carry their own
+status and code. Everything else is translated here, as nameko-examples'
+``response_from_exception`` does; what is left is a 500 ``INTERNAL_ERROR`` naming the
+request id, with the traceback in the log only.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from kombu.exceptions import OperationalError
+from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
+
+from common.errors import InternalError, ServiceUnavailable, ShopError, UpstreamTimeout
+from gateway.breaker import BreakerOpen
+
+#: Seconds a client is told to wait when a service is not running at all.
+UNKNOWN_SERVICE_RETRY_AFTER = 5
+
+
+def is_upstream_failure(exc: BaseException) -> bool:
+    """Failures that say a service is down or slow (they open its breaker)."""
+    if isinstance(exc, RemoteError):
+        return exc.exc_type in ("RpcTimeout", "UnknownService")
+    return isinstance(exc, (RpcTimeout, UnknownService, OperationalError, socket.error))
+
+
+def to_shop_error(exc: BaseException, request_id: str) -> ShopError:
+    """The contract error a client sees for ``exc``."""
+    if isinstance(exc, ShopError):
+        return exc
+    if isinstance(exc, BreakerOpen):
+        return ServiceUnavailable(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, RpcTimeout) or (
+        isinstance(exc, RemoteError) and exc.exc_type == "RpcTimeout"
+    ):
+        return UpstreamTimeout("A service did not answer in time.")
+    if isinstance(exc, UnknownService) or (
+        isinstance(exc, RemoteError) and exc.exc_type == "UnknownService"
+    ):
+        return ServiceUnavailable(
+            "A service is not running.", retry_after=UNKNOWN_SERVICE_RETRY_AFTER
+        )
+    if isinstance(exc, (OperationalError, socket.error)):
+        return ServiceUnavailable("The message broker is unreachable.", retry_after=5)
+    return InternalError("Internal error.", {"requestId": request_id})

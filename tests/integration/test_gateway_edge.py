@@ -1,0 +1,95 @@
+"""The gateway's own checks over real HTTP, before any business service is involved."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from common.embedded import free_port
+from common.tokens import TokenIssuer
+from gateway.service import GatewayService
+from tests.fixtures.services import TEST_JWT_SECRET
+
+
+def call(base, method, path, body=None, token=None, headers=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(base + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            payload = response.read()
+            return response.status, response.headers, json.loads(payload or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read() or b"null")
+
+
+@pytest.fixture
+def gateway(run_services, shop_config):
+    port = free_port()
+    config = dict(shop_config, WEB_SERVER_ADDRESS=f"127.0.0.1:{port}", BREAKER_FAILURES=2)
+    run_services(GatewayService, config=config)
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def tokens():
+    issuer = TokenIssuer(TEST_JWT_SECRET)
+    return {
+        "customer": issuer.issue_pair("user-1", "customer").access_token,
+        "admin": issuer.issue_pair("admin-1", "admin").access_token,
+    }
+
+
+def test_unknown_routes_and_wrong_methods_answer_in_the_contract_shape(gateway):
+    status, headers, body = call(gateway, "GET", "/api/nope")
+    assert status == 404 and body["error"] == "NOT_FOUND"
+    assert headers["Content-Type"] == "application/json"
+    status, _, body = call(gateway, "PUT", "/api/orders")
+    assert status == 405 and body["error"] == "METHOD_NOT_ALLOWED"
+    assert body["details"]["allowed"] == ["GET", "POST"]
+    assert call(gateway, "DELETE", "/")[0] == 404
+
+
+def test_authentication_and_roles_come_before_the_body(gateway, tokens):
+    status, _, body = call(gateway, "GET", "/api/orders")
+    assert (status, body["error"]) == (401, "UNAUTHORIZED")
+    status, _, body = call(gateway, "GET", "/api/orders", token="garbage")
+    assert (status, body["error"]) == (401, "UNAUTHORIZED")
+    # A customer on an admin route is 403 even with a body that is not JSON.
+    status, _, body = call(gateway, "POST", "/api/products", raw=b"{{", token=tokens["customer"])
+    assert (status, body["error"]) == (403, "FORBIDDEN")
+
+
+def test_bodies_are_limited_and_must_be_json_objects(gateway):
+    status, _, body = call(gateway, "POST", "/api/users/register", raw=b"x" * (65 * 1024))
+    assert (status, body["error"]) == (413, "PAYLOAD_TOO_LARGE")
+    status, _, body = call(gateway, "POST", "/api/users/register", raw=b"not json")
+    assert (status, body["error"]) == (400, "BAD_REQUEST")
+    status, _, body = call(gateway, "POST", "/api/users/register", body=[1, 2])
+    assert (status, body["error"]) == (400, "BAD_REQUEST")
+
+
+def test_every_response_carries_the_request_id(gateway):
+    _, headers, _ = call(gateway, "GET", "/api/nope", headers={"X-Request-ID": "abc-123"})
+    assert headers["X-Request-ID"] == "abc-123"
+    _, headers, _ = call(gateway, "GET", "/api/nope")
+    assert len(headers["X-Request-ID"]) == 32
+
+
+def test_a_missing_service_is_503_and_its_breaker_opens(gateway, tokens):
+    for _ in range(2):
+        status, headers, body = call(gateway, "GET", "/api/products")
+        assert (status, body["error"]) == (503, "SERVICE_UNAVAILABLE")
+        assert int(headers["Retry-After"]) >= 1
+    status, headers, body = call(gateway, "GET", "/api/products")
+    assert status == 503 and "circuit open" in body["message"]
+    assert int(headers["Retry-After"]) >= 1
+    status, _, ready = call(gateway, "GET", "/ready")
+    assert status == 503 and ready["breakers"]["orders"] == "open"
