@@ -55,6 +55,7 @@ from gateway.http import (
     json_response,
     read_json_object,
 )
+from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import RateLimiter
 from gateway.routes import ADMIN, LOGIN, PUBLIC, Route
 
@@ -163,7 +164,7 @@ class Edge(DependencyProvider):
             )
             for name in DOWNSTREAM_SERVICES
         }
-        self.observers: list[Callable[..., None]] = []
+        self.metrics = GatewayMetrics(self.breakers, config["AMQP_URI"])
 
     def start(self) -> None:
         self.client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
@@ -178,7 +179,7 @@ class Edge(DependencyProvider):
     def observe(
         self, request: Request, route: Route, response: Response, seconds: float, caller
     ) -> None:
-        """One JSON log line per request (never bodies), then metrics observers."""
+        """One JSON log line per request (never bodies), and its metrics."""
         log.info(
             "%s %s %s",
             request.method,
@@ -193,8 +194,7 @@ class Edge(DependencyProvider):
                 "user_id": caller.user_id if caller else None,
             },
         )
-        for observer in self.observers:
-            observer(route, response.status_code, seconds)
+        self.metrics.observe(route, response.status_code, seconds)
 
     def get_dependency(self, worker_ctx: Any) -> EdgeRequest:
         return EdgeRequest(self, worker_ctx)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy
 from nameko.web.handlers import http
-from werkzeug.wrappers import Request
+from werkzeug.wrappers import Request, Response
 
 from common.errors import MethodNotAllowed, NotFound
 from common.logs import RequestContext
@@ -176,6 +176,12 @@ class GatewayService:
     def health(self, request: Request):
         """200 while this process is up; it asks nothing else."""
         return json_response({"status": "ok"})
+
+    @http("GET", "/metrics")
+    def metrics(self, request: Request):
+        """Prometheus text: requests, latency, breaker states, RPC queue depths."""
+        metrics = self.edge.edge.metrics
+        return Response(metrics.render(), mimetype=metrics.content_type)
 
     @http("GET", "/ready")
     def ready(self, request: Request):

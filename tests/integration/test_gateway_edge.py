@@ -93,3 +93,16 @@ def test_a_missing_service_is_503_and_its_breaker_opens(gateway, tokens):
     assert int(headers["Retry-After"]) >= 1
     status, _, ready = call(gateway, "GET", "/ready")
     assert status == 503 and ready["breakers"]["orders"] == "open"
+
+
+def test_metrics_count_requests_by_route_and_status_and_show_breakers(gateway):
+    call(gateway, "GET", "/api/nope")
+    call(gateway, "GET", "/api/products")
+    with urllib.request.urlopen(gateway + "/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    assert 'http_requests_total{method="*",route="/<path:path>",status="404"} 1.0' in text
+    assert 'http_requests_total{method="GET",route="/api/products",status="503"} 1.0' in text
+    assert "http_request_duration_seconds_bucket" in text
+    assert 'circuit_breaker_state{service="orders"} 0.0' in text
+    assert 'rpc_queue_depth{service="orders"} 0.0' in text

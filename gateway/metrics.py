@@ -1,0 +1,80 @@
+"""Prometheus metrics of one gateway container: requests, latency, breakers, queue depths.
+
+A registry per container (not the process-global one), so several gateways in one
+process (the tests) do not collide. Breaker states and RPC queue depths are read when
+``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from kombu import Connection
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.breaker import STATE_VALUES, CircuitBreaker
+from gateway.routes import Route
+
+log = logging.getLogger(__name__)
+
+#: Seconds buckets: RPC round trips are milliseconds, timeouts are seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+RPC_QUEUE_TEMPLATE = "rpc-{}"
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, breakers: Mapping[str, CircuitBreaker], amqp_uri: str) -> None:
+        self.registry = CollectorRegistry()
+        self.breakers = breakers
+        self.amqp_uri = amqp_uri
+        self.requests = Counter(
+            "http_requests", "HTTP requests by route and status",
+            ["method", "route", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency by route",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.breaker_state = Gauge(
+            "circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["service"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "rpc_queue_depth", "Messages waiting in each service's RPC queue", ["service"],
+            registry=self.registry,
+        )  # fmt: skip
+
+    def observe(self, route: Route, status: int, seconds: float) -> None:
+        self.requests.labels(route.method, route.path, str(status)).inc()
+        self.latency.labels(route.method, route.path).observe(seconds)
+
+    def render(self, queue_depths: Callable[[], Mapping[str, int]] | None = None) -> bytes:
+        for name, breaker in self.breakers.items():
+            self.breaker_state.labels(name).set(STATE_VALUES[breaker.state])
+        for name, depth in (queue_depths or self.rpc_queue_depths)().items():
+            self.queue_depth.labels(name).set(depth)
+        return generate_latest(self.registry)
+
+    def rpc_queue_depths(self) -> dict[str, int]:
+        """Messages waiting in ``rpc-<service>`` for every downstream service."""
+        depths: dict[str, int] = {}
+        try:
+            with Connection(self.amqp_uri) as conn:
+                channel = conn.default_channel
+                for name in self.breakers:
+                    queue = RPC_QUEUE_TEMPLATE.format(name)
+                    if hasattr(channel, "_size"):  # Redis: the list's length
+                        depths[name] = channel._size(queue)
+                        continue
+                    try:
+                        depths[name] = channel.queue_declare(queue, passive=True).message_count
+                    except Exception:  # the queue does not exist (yet): nothing waits
+                        depths[name] = 0
+                        channel = conn.channel()  # AMQP closes a channel on a 404
+        except Exception:
+            log.warning("could not read RPC queue depths", exc_info=True)
+        return depths
