@@ -16,6 +16,7 @@ from common.logs import RequestContext
 from gateway import routes as R
 from gateway.edge import DOWNSTREAM_SERVICES, Call, Edge
 from gateway.http import json_response
+from gateway.openapi import openapi_document
 from gateway.readiness import PROBE_TIMEOUT, check_readiness
 
 UNKNOWN = R.Route("unknown", "*", "/<path:path>")
@@ -176,6 +177,11 @@ class GatewayService:
     def health(self, request: Request):
         """200 while this process is up; it asks nothing else."""
         return json_response({"status": "ok"})
+
+    @http("GET", "/api/openapi.json")
+    def openapi(self, request: Request):
+        """The OpenAPI 3 document of every /api route."""
+        return json_response(openapi_document())
 
     @http("GET", "/metrics")
     def metrics(self, request: Request):
