@@ -38,6 +38,7 @@ def _fix_nameko_rpc(module: ModuleType) -> None:
     from common.transport import nameko_fixes
 
     nameko_fixes.fix_rpc_timeouts(module)
+    nameko_fixes.fix_rpc_replies(module)
 
 
 def _fix_nameko_standalone_rpc(module: ModuleType) -> None:

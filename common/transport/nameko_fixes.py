@@ -6,6 +6,9 @@ they change is imported; each works on RabbitMQ as well as on Redis.
 - Config: ``TRANSPORT_OPTIONS`` extends Nameko's default options instead of
   replacing them, options may also be given in ``AMQP_URI``'s query string,
   and both reach every connection (see :mod:`common.transport.options`).
+- Replies: a service's RPC reply and the ack of its request go to Redis in
+  one atomic step (:func:`common.transport.redis.acking_with_reply`); on
+  RabbitMQ nothing changes.
 - Timeouts: every RPC, service-to-service ones included, gives up after
   ``RPC_TIMEOUT`` seconds (config; default :data:`DEFAULT_RPC_TIMEOUT`) with
   ``nameko.exceptions.RpcTimeout``, so no worker waits forever for a reply.
@@ -63,10 +66,11 @@ def rpc_timeout(config: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def _once(module: ModuleType) -> bool:
-    if getattr(module, _FIXED, False):
+def _once(module: ModuleType, fix: str = "") -> bool:
+    marker = f"{_FIXED}{fix}"
+    if getattr(module, marker, False):
         return False
-    setattr(module, _FIXED, True)
+    setattr(module, marker, True)
     return True
 
 
@@ -164,3 +168,19 @@ def fix_rpc_timeouts(rpc: ModuleType) -> None:
 
     rpc.MethodProxy._call = _call
     rpc.TimedRpcReply = TimedRpcReply
+
+
+def fix_rpc_replies(rpc: ModuleType) -> None:
+    """A reply over our Redis transport acks its request in the same step."""
+    if not _once(rpc, "replies"):
+        return
+    from common.transport.redis import acking_with_reply
+
+    original = rpc.RpcConsumer.handle_result
+
+    @functools.wraps(original)
+    def handle_result(self, message, result, exc_info):
+        with acking_with_reply(message):
+            return original(self, message, result, exc_info)
+
+    rpc.RpcConsumer.handle_result = handle_result

@@ -18,6 +18,7 @@ Redis key layout (all under kombu's ``global_keyprefix`` when one is set):
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
+from kombu.utils.objects import cached_property
 
 from common.transport.options import registered_transport_options
 
@@ -78,18 +80,24 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', ARGV[2], ARGV[1])
 """
 
-#: Pushes message copies ARGV[3..] to queues KEYS[2..] if the binding table of
-#: exchange ARGV[1] is still at version ARGV[2] (versions in hash KEYS[1]);
-#: else pushes nothing and returns {version, table (ARGV[... the table key])}
-#: for the caller to route again. One round trip instead of SMEMBERS + LPUSH,
-#: and never a message routed by a stale table.
+#: If the binding table ARGV[3] of exchange ARGV[1] is still at version
+#: ARGV[2] (versions in hash KEYS[1]), pushes message copies ARGV[7..] to
+#: queues KEYS[2..] and, when ARGV[4] is a delivery tag, removes its ack slot
+#: (hash ARGV[5], index ARGV[6]) in the same step; else does nothing and
+#: returns {version, table} for the caller to route again. One round trip
+#: instead of SMEMBERS + LPUSH (+ the request's ack), and never a message
+#: routed by a stale table.
 PUBLISH_SCRIPT = """
 local version = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if version ~= ARGV[2] then
     return {version, redis.call('SMEMBERS', ARGV[3])}
 end
 for i = 2, #KEYS do
-    redis.call('LPUSH', KEYS[i], ARGV[i + 2])
+    redis.call('LPUSH', KEYS[i], ARGV[i + 5])
+end
+if ARGV[4] ~= '' then
+    redis.call('ZREM', ARGV[6], ARGV[4])
+    redis.call('HDEL', ARGV[5], ARGV[4])
 end
 return #KEYS - 1
 """
@@ -149,6 +157,31 @@ return #overdue
 """
 
 
+#: The request a reply being published answers (a kombu message), set by
+#: :func:`acking_with_reply` around Nameko's reply; per green thread.
+_request_to_ack: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "shop_request_to_ack", default=None
+)
+
+
+@contextmanager
+def acking_with_reply(request: Any) -> Iterator[None]:
+    """Ack ``request`` atomically with the next reply published in this block.
+
+    Nameko publishes an RPC reply, then acks the request: two round trips,
+    and a crash between them runs the request a second time. Inside this
+    block a publish through this transport to the request's Redis also
+    removes the request's ack slot, in the same script; the ack that follows
+    then has nothing left to do. Anything else (another broker, a publish
+    that routes the slow way) acks as before.
+    """
+    token = _request_to_ack.set(request)
+    try:
+        yield
+    finally:
+        _request_to_ack.reset(token)
+
+
 class Message(virtual.Message):
     """A message whose ``properties`` carry its content type, as AMQP's do.
 
@@ -178,6 +211,8 @@ class QoS(kombu_redis.QoS):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: Tags whose ack slot a reply's publish already removed.
+        self._slots_removed: set[str] = set()
         self._last_restore_scan = 0.0
         self._last_visibility_refresh = time.monotonic()
 
@@ -193,12 +228,19 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        # A message consumed without bookkeeping (an ack-free queue) has no slot.
-        if delivery_tag in self._delivered:
+        # A message consumed without bookkeeping (an ack-free queue) has no
+        # slot; one acked with its reply (acking_with_reply) has none left.
+        if delivery_tag in self._slots_removed:
+            self._slots_removed.discard(delivery_tag)
+        elif delivery_tag in self._delivered:
             self._remove_slot(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if delivery_tag in self._slots_removed:  # answered already: nothing to requeue
+            self._slots_removed.discard(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            return None
         if requeue or delivery_tag not in self._delivered:
             return super().reject(delivery_tag, requeue=requeue)
         self._remove_slot(delivery_tag)
@@ -407,6 +449,7 @@ class Channel(kombu_redis.Channel):
         priority = self._get_message_priority(message, reverse=False)
         publish = self.script("publish", PUBLISH_SCRIPT)
         table_key = self.full_key(self.keyprefix_queue % (exchange,))
+        request_qos, ack_args = self._request_ack_args()
         for _ in range(PUBLISH_ATTEMPTS):
             version, table = cache.get(exchange, ("", ()))
             queues = exchange_type.lookup(table, exchange, routing_key, None)
@@ -417,10 +460,12 @@ class Channel(kombu_redis.Channel):
             with self.conn_or_acquire() as client:
                 result = publish(
                     keys=[BINDING_VERSIONS_KEY, *keys],
-                    args=[exchange, version, table_key, *copies],
+                    args=[exchange, version, table_key, *ack_args, *copies],
                     client=client,
                 )
             if not isinstance(result, list):
+                if request_qos is not None:
+                    request_qos._slots_removed.add(ack_args[0])
                 return queues
             version, members = result
             cache[exchange] = (
@@ -439,6 +484,41 @@ class Channel(kombu_redis.Channel):
         its queue, so it is restored there and only there.
         """
         super()._put(queue, self._copy_for(queue, message), **kwargs)
+
+    def _request_ack_args(self) -> tuple[QoS | None, list[str]]:
+        """The QoS and script arguments acking the request this publish answers."""
+        request = _request_to_ack.get()
+        channel = getattr(request, "channel", None)
+        if (
+            not isinstance(channel, Channel)
+            or channel.connection is None
+            or request.delivery_tag not in channel.qos._delivered
+            or channel.redis_identity != self.redis_identity
+        ):
+            return None, ["", "", ""]
+        _request_to_ack.set(None)  # one reply acks one request
+        return channel.qos, [
+            request.delivery_tag,
+            channel.full_key(channel.unacked_key),
+            channel.full_key(channel.unacked_index_key),
+        ]
+
+    @cached_property
+    def redis_identity(self) -> tuple:
+        """Which Redis keys this channel reaches: server, database and key prefix.
+
+        A channel whose server it cannot name (Sentinel) matches no other.
+        """
+        kwargs = self.pool.connection_kwargs
+        if kwargs.get("host") is None and kwargs.get("path") is None:
+            return (id(self),)
+        return (
+            kwargs.get("host"),
+            kwargs.get("port"),
+            kwargs.get("path"),
+            kwargs.get("db"),
+            self.global_keyprefix,
+        )
 
     def _copy_for(self, queue: str, message: dict) -> dict:
         properties = message["properties"]

@@ -125,3 +125,32 @@ def test_options_in_the_broker_url_work_and_extend_nameko_defaults(redis_broker_
     with ClusterRpcProxy(dict(base, AMQP_URI=base["AMQP_URI"] + "?visibility_timeout=13")) as rpc:
         with pytest.raises(UnknownService):
             rpc.nobody.home()
+
+
+def test_a_reply_acks_its_request_in_the_same_step(broker, run_services, monkeypatch):
+    from common.transport import redis as transport
+
+    separate_acks: list[str] = []
+    remove_slot = transport.QoS._remove_slot
+
+    def counting_remove_slot(self, delivery_tag):
+        separate_acks.append(delivery_tag)
+        return remove_slot(self, delivery_tag)
+
+    monkeypatch.setattr(transport.QoS, "_remove_slot", counting_remove_slot)
+    config = broker.config()
+    run_services(config, Echo)
+    with ClusterRpcProxy(config) as rpc:
+        for n in range(5):
+            assert rpc.echo.hello(str(n))["echo"] == str(n)
+        with pytest.raises(RemoteError):
+            rpc.echo.fail()
+
+    assert separate_acks == []  # over Redis every ack went with its reply
+    if broker.kind == "redis":
+        import redis
+
+        prefix = broker.transport_options["global_keyprefix"]
+        client = redis.Redis.from_url(broker.uri)
+        assert client.hlen(prefix + "unacked") == 0
+        assert client.zcard(prefix + "unacked_index") == 0
