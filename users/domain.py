@@ -8,18 +8,23 @@ service verifies them.
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import argon2
 
 from common.errors import ValidationFailed
+from common.tokens import ROLE_CUSTOMER
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 1024
 CURRENT_PASSWORD_FIELD = "currentPassword"
 CURRENT_PASSWORD_REQUIRED = "Required to change the password."
 CURRENT_PASSWORD_WRONG = "Does not match the current password."
+#: The event ``register`` publishes: ``{userId, email}``.
+USER_REGISTERED = "user_registered"
+ADMIN_NAME = "Administrator"
 
 
 def normalize_email(email: str) -> str:
@@ -38,6 +43,32 @@ class User:
     password_hash: str
     created_at: datetime
     updated_at: datetime
+
+
+def now_ms() -> datetime:
+    """The current UTC time at the millisecond precision MongoDB stores."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def new_user(
+    email: str, name: str, password_hash: str, now: datetime, role: str = ROLE_CUSTOMER
+) -> User:
+    """A user not yet stored, with a fresh id; the public register only makes customers."""
+    return User(
+        id=uuid.uuid4().hex,
+        email=normalize_email(email),
+        name=name,
+        role=role,
+        password_hash=password_hash,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def user_registered_data(user: User) -> dict[str, str]:
+    """The facts of ``user_registered``: ids and the email, never the hash."""
+    return {"userId": user.id, "email": user.email}
 
 
 class PasswordHasher:
