@@ -335,6 +335,10 @@ class Channel(kombu_redis.Channel):
         self._sync_client: Any = None
         super().__init__(connection, **kwargs)
         self._bindings_swept_at = float("-inf")
+        prefixes = self.ack_free_queue_prefixes or ()
+        if isinstance(prefixes, str):  # from a URL's query string
+            prefixes = prefixes.split(",")
+        self.ack_free_queue_prefixes = tuple(prefix for prefix in prefixes if prefix)
 
     # -- one client per channel ----------------------------------------------
 
@@ -365,9 +369,7 @@ class Channel(kombu_redis.Channel):
 
     def is_ack_free(self, queue: str) -> bool:
         """Whether ``queue``'s messages are consumed without ack bookkeeping."""
-        return bool(self.ack_free_queue_prefixes) and queue.startswith(
-            tuple(self.ack_free_queue_prefixes)
-        )
+        return bool(self.ack_free_queue_prefixes) and queue.startswith(self.ack_free_queue_prefixes)
 
     # -- exchange types -----------------------------------------------------
 
