@@ -25,6 +25,10 @@ DELIVERED = "delivered"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
 ORDER_STATUSES = (PENDING, PAID, SHIPPED, DELIVERED, CANCELLED, EXPIRED)
+#: Internal statuses clients never see: an order whose stock is being reserved, and one
+#: whose reservation was abandoned (its creator died or gave up).
+RESERVING = "reserving"
+FAILED = "failed"
 
 #: status -> the statuses it may move to.
 TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
@@ -175,6 +179,20 @@ def reservation_delta(
     for line in old_lines:
         delta[line.product_id] = delta.get(line.product_id, 0) - line.quantity
     return {product_id: delta[product_id] for product_id in sorted(delta) if delta[product_id]}
+
+
+def stock_kept(status: str, lines: Iterable[OrderLine]) -> dict[str, int] | None:
+    """The stock an order in ``status`` keeps for good, by product, once settled.
+
+    None while the order may still change (reserving, pending, paid): its reservation
+    stands. Its line quantities once shipped or delivered (sold). Nothing once
+    cancelled, expired or failed: all it held goes back to the catalog.
+    """
+    if status in (SHIPPED, DELIVERED):
+        return {line.product_id: line.quantity for line in lines}
+    if status in (CANCELLED, EXPIRED, FAILED):
+        return {}
+    return None
 
 
 def insufficient_stock(product_id: str, available: int, requested: int) -> InsufficientStock:

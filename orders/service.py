@@ -1,16 +1,345 @@
-"""The orders service's entrypoints (Nameko RPC); the work happens in its domain."""
+"""The orders service: the catalog and its stock, and orders from placing to delivery.
 
+Entrypoints only: each loads its input with ``orders.schemas``, decides with
+``orders.domain`` and reads and writes through ``orders.store`` (where the stock
+reservation protocol lives), then answers with the schemas. Events follow the shared
+contract and leave through each order's outbox (``common.events``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from marshmallow import Schema, ValidationError
+from nameko.dependency_providers import Config
+from nameko.events import event_handler
 from nameko.rpc import rpc
+from nameko.timer import timer
 
+from common.auth import Auth, Caller
+from common.errors import Forbidden, NotFound, OrderNotModifiable, ShopError, ValidationFailed
+from common.events import Outbox, new_event
 from common.health import health_report
-from common.mongo import Mongo
+from common.logs import RequestContext
+from orders.domain import (
+    DEMO_CATALOG,
+    PENDING,
+    Address,
+    Order,
+    PricedLines,
+    Product,
+    RequestedItem,
+    price_lines,
+    stock_kept,
+)
+from orders.schemas import (
+    CreateOrderSchema,
+    CreateProductSchema,
+    OrderListQuerySchema,
+    OrderSchema,
+    PageQuerySchema,
+    ProductSchema,
+    UpdateOrderSchema,
+    UpdateProductSchema,
+)
+from orders.store import ConcurrentChange, OrdersDatabase, StoredOrder
+
+log = logging.getLogger(__name__)
+
+RESERVATION_MINUTES_CONFIG_KEY = "ORDER_RESERVATION_MINUTES"
+DEFAULT_RESERVATION_MINUTES = 15
+EXPIRY_SWEEP_SECONDS = 1
+OUTBOX_RELAY_SECONDS = 5
+RECOVERY_SWEEP_SECONDS = 10
+#: An order still ``reserving`` after this long lost the process placing it.
+RESERVING_TIMEOUT = timedelta(seconds=60)
+#: Times a change is retried after another one saved the same order first.
+SAVE_ATTEMPTS = 5
+
+PAYMENTS_SERVICE = "payments"
+ORDER_CREATED = "order_created"
+ORDER_PAID = "order_paid"
+ORDER_CANCELLED = "order_cancelled"
+ORDER_EXPIRED = "order_expired"
+ORDER_PAYMENT_REJECTED = "order_payment_rejected"
 
 
 class OrdersService:
     name = "orders"
-    db = Mongo("orders")
+    request_context = RequestContext()
+    store = OrdersDatabase(DEMO_CATALOG)
+    auth = Auth()
+    outbox = Outbox()
+    config = Config()
 
     @rpc
     def health(self) -> dict:
         """Answers over the broker; the gateway's /ready asks every service."""
-        return health_report(self.name, self.db)
+        return health_report(self.name, self.store.db)
+
+    # -- products ---------------------------------------------------------------------
+
+    @rpc(expected_exceptions=ShopError)
+    def list_products(self, page: Any = 1, limit: Any = 20) -> dict:
+        """``{items: [product], page, limit, total}``, newest first; no token needed."""
+        query = _load(PageQuerySchema(), _params(page=page, limit=limit))
+        products, total = self.store.list_products(query["page"], query["limit"])
+        return _page(ProductSchema(many=True).dump(products), query, total)
+
+    @rpc(expected_exceptions=ShopError)
+    def get_product(self, product_id: str) -> dict:
+        product = self.store.get_product(product_id) if isinstance(product_id, str) else None
+        if product is None:
+            raise NotFound(f"No product {product_id}.")
+        return ProductSchema().dump(product)
+
+    @rpc(expected_exceptions=ShopError)
+    def create_product(self, body: Any) -> dict:
+        """Admin: ``{id?, name, price, stock}`` -> the product (201)."""
+        self.auth.require_admin()
+        data = _load(CreateProductSchema(), body)
+        product = Product(
+            id=data.get("id") or _new_id(),
+            name=data["name"],
+            price_cents=data["price_cents"],
+            stock=data["stock"],
+        )
+        if not self.store.insert_product(product, _now()):
+            raise ValidationFailed.for_field("id", f"A product {product.id} already exists.")
+        return ProductSchema().dump(product)
+
+    @rpc(expected_exceptions=ShopError)
+    def update_product(self, product_id: str, body: Any) -> dict:
+        """Admin: ``{name?, price?, stock?}``; ``stock`` sets what can still be bought."""
+        self.auth.require_admin()
+        data = _load(UpdateProductSchema(), body)
+        product = (
+            self.store.update_product(product_id, data) if isinstance(product_id, str) else None
+        )
+        if product is None:
+            raise NotFound(f"No product {product_id}.")
+        return ProductSchema().dump(product)
+
+    # -- orders -----------------------------------------------------------------------
+
+    @rpc(expected_exceptions=ShopError)
+    def create_order(self, body: Any) -> dict:
+        """``{items: [{productId, quantity, price?}], shippingAddress}`` -> a pending order
+        holding the stock of every line (201), or ``InsufficientStock`` holding none."""
+        caller = self.auth.require()
+        data = _load(CreateOrderSchema(), body)
+        order = Order.place(
+            order_id=_new_id(),
+            user_id=caller.user_id,
+            priced=self._price(data["items"]),
+            shipping_address=Address(**data["shipping_address"]),
+            now=_now(),
+            reservation_ttl=self._reservation_ttl(),
+        )
+        created = _order_event(ORDER_CREATED, order, total=order.total_cents)
+        try:
+            self.store.place_order(order, created)
+        except ConcurrentChange as exc:
+            raise OrderNotModifiable(str(exc)) from None
+        self.outbox.flush(self.store.orders, order.id)
+        return OrderSchema().dump(order)
+
+    @rpc(expected_exceptions=ShopError)
+    def get_order(self, order_id: str) -> dict:
+        """The caller's order (an admin: any order); anyone else's is ``NotFound``."""
+        caller = self.auth.require()
+        return OrderSchema().dump(self._visible_order(caller, order_id).order)
+
+    @rpc(expected_exceptions=ShopError)
+    def list_orders(self, status: str | None = None, page: Any = 1, limit: Any = 20) -> dict:
+        """``{items, page, limit, total}``: the caller's orders (an admin: all), newest first."""
+        caller = self.auth.require()
+        query = _load(OrderListQuerySchema(), _params(status=status, page=page, limit=limit))
+        orders, total = self.store.list_orders(
+            None if caller.is_admin else caller.user_id,
+            query.get("status"),
+            query["page"],
+            query["limit"],
+        )
+        return _page(OrderSchema(many=True).dump(orders), query, total)
+
+    @rpc(expected_exceptions=ShopError)
+    def update_order(self, order_id: str, body: Any) -> dict:
+        """While pending: ``{shippingAddress?, items?}``, re-reserving the difference
+        all-or-nothing. An admin: ``{status}``, moving paid -> shipped -> delivered."""
+        caller = self.auth.require()
+        if isinstance(body, Mapping) and "status" in body and not caller.is_admin:
+            raise Forbidden("Only an admin can set an order's status.")
+        data = _load(UpdateOrderSchema(), body)
+        if "status" in data:
+            return OrderSchema().dump(self._set_status(caller, order_id, data["status"]))
+
+        priced = self._price(data["items"]) if "items" in data else None
+        address = Address(**data["shipping_address"]) if "shipping_address" in data else None
+        for _ in range(SAVE_ATTEMPTS):
+            stored = self._visible_order(caller, order_id)
+            order, old_lines, now = stored.order, stored.order.items, _now()
+            if address is not None:
+                order.change_shipping_address(address, now)
+            try:
+                if priced is not None:
+                    order.replace_items(priced, now)
+                    self.store.save_items(stored, old_lines)
+                    return OrderSchema().dump(order)
+                if self.store.save_order(stored):
+                    return OrderSchema().dump(order)
+            except ConcurrentChange:
+                continue
+        raise _keeps_changing(order_id)
+
+    @rpc(expected_exceptions=ShopError)
+    def cancel_order(self, order_id: str) -> dict:
+        """A pending or paid order -> cancelled, its stock back; a paid one is refunded
+        (``order_cancelled`` with ``wasPaid``). Otherwise ``OrderNotModifiable``."""
+        caller = self.auth.require()
+
+        def cancel(order: Order, now: datetime) -> list[dict]:
+            was_paid = order.cancel(now)
+            payment_id = order.payment_id if was_paid else None
+            return [_order_event(ORDER_CANCELLED, order, wasPaid=was_paid, paymentId=payment_id)]
+
+        order = self._change_order(caller, order_id, cancel)
+        self.store.settle_holds(order.id)
+        self.outbox.flush(self.store.orders, order.id)
+        return OrderSchema().dump(order)
+
+    # -- timers -----------------------------------------------------------------------
+
+    @timer(interval=EXPIRY_SWEEP_SECONDS)
+    def expire_orders(self) -> None:
+        """Expire unpaid orders past their reservation time; of several instances, one
+        wins each order (a save conditional on its version), which releases its stock."""
+        now = _now()
+        for stored in self.store.due_to_expire(now):
+            order = stored.order
+            order.expire(now)
+            if self.store.save_order(stored, [_order_event(ORDER_EXPIRED, order)]):
+                self.store.settle_holds(order.id)
+                self.outbox.flush(self.store.orders, order.id)
+
+    @timer(interval=OUTBOX_RELAY_SECONDS)
+    def relay_events(self) -> None:
+        self.outbox.relay(self.store.orders)
+
+    @timer(interval=RECOVERY_SWEEP_SECONDS)
+    def recover_stock(self) -> None:
+        """Give back stock a process that died mid-way left held (see ``orders.store``)."""
+        self.store.fail_stale_reservations(_now() - RESERVING_TIMEOUT)
+        self.store.settle_released()
+
+    # -- events -----------------------------------------------------------------------
+
+    @event_handler(PAYMENTS_SERVICE, "payment_succeeded")
+    def on_payment_succeeded(self, event: dict) -> None:
+        """pending -> paid, once; an order no longer pending rejects the payment
+        (``order_payment_rejected``) so that payments refunds it."""
+        data = event["data"]
+        order_id, payment_id = data["orderId"], data["paymentId"]
+        for _ in range(SAVE_ATTEMPTS):
+            stored = self.store.get_order(order_id)
+            if stored is None:
+                log.warning("payment %s is for an unknown order %s", payment_id, order_id)
+                return
+            order = stored.order
+            if order.payment_id == payment_id:
+                return  # a redelivery: this payment already paid it
+            if order.status != PENDING:
+                rejected = _order_event(ORDER_PAYMENT_REJECTED, order, paymentId=payment_id)
+                if self.store.reject_payment(order_id, payment_id, event["id"], rejected):
+                    self.outbox.flush(self.store.orders, order_id)
+                return
+            order.pay(_now(), payment_id)
+            paid = _order_event(ORDER_PAID, order, paymentId=payment_id)
+            if self.store.apply_payment(stored, event["id"], paid):
+                self.outbox.flush(self.store.orders, order_id)
+                return
+        log.warning("order %s kept changing; payment %s left to redelivery", order_id, payment_id)
+
+    @event_handler(PAYMENTS_SERVICE, "payment_refunded")
+    def on_payment_refunded(self, event: dict) -> None:
+        """Record the refund on the order, once; its status stays cancelled."""
+        data = event["data"]
+        refund = {"paymentId": data["paymentId"], "amountCents": data["amount"], "at": _now()}
+        self.store.record_refund(data["orderId"], refund, event["id"])
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _visible_order(self, caller: Caller, order_id: Any) -> StoredOrder:
+        stored = self.store.get_order(order_id) if isinstance(order_id, str) else None
+        if stored is None or not (caller.is_admin or stored.order.user_id == caller.user_id):
+            raise NotFound(f"No order {order_id}.")
+        return stored
+
+    def _change_order(
+        self, caller: Caller, order_id: str, change: Callable[[Order, datetime], list[dict]]
+    ) -> Order:
+        """Load, ``change`` (which returns the events it causes) and save, retrying when
+        another change saved the order first."""
+        for _ in range(SAVE_ATTEMPTS):
+            stored = self._visible_order(caller, order_id)
+            events = change(stored.order, _now())
+            if self.store.save_order(stored, events):
+                return stored.order
+        raise _keeps_changing(order_id)
+
+    def _set_status(self, caller: Caller, order_id: str, status: str) -> Order:
+        self.auth.require_admin()
+
+        def move(order: Order, now: datetime) -> list[dict]:
+            order.set_status(status, now)
+            return []
+
+        order = self._change_order(caller, order_id, move)
+        keep = stock_kept(order.status, order.items)
+        if keep is not None:
+            self.store.settle_holds(order.id, keep)
+        return order
+
+    def _price(self, items: list[dict]) -> PricedLines:
+        requested = [RequestedItem(**item) for item in items]
+        catalog = self.store.find_products(item.product_id for item in requested)
+        return price_lines(requested, catalog)
+
+    def _reservation_ttl(self) -> timedelta:
+        minutes = self.config.get(RESERVATION_MINUTES_CONFIG_KEY) or DEFAULT_RESERVATION_MINUTES
+        return timedelta(minutes=float(minutes))
+
+
+def _load(schema: Schema, data: Any) -> dict:
+    try:
+        return schema.load(data)
+    except ValidationError as error:
+        raise ValidationFailed.from_messages(error.messages) from None
+
+
+def _params(**params: Any) -> dict:
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _page(items: list, query: Mapping[str, Any], total: int) -> dict:
+    return {"items": items, "page": query["page"], "limit": query["limit"], "total": total}
+
+
+def _order_event(event_type: str, order: Order, **facts: Any) -> dict:
+    return new_event(event_type, {"orderId": order.id, "userId": order.user_id, **facts})
+
+
+def _keeps_changing(order_id: str) -> OrderNotModifiable:
+    return OrderNotModifiable(f"Order {order_id} keeps changing; reload it and try again.")
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

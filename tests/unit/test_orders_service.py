@@ -1,0 +1,300 @@
+"""The orders service's entrypoints with their dependencies mocked (worker_factory)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from nameko.testing.services import worker_factory
+
+from common.auth import Caller
+from common.errors import (
+    Forbidden,
+    InsufficientStock,
+    NotFound,
+    OrderNotModifiable,
+    Unauthorized,
+    ValidationFailed,
+)
+from common.events import new_event
+from orders.domain import Address, Order, OrderLine, PricedLines, Product
+from orders.service import SAVE_ATTEMPTS, OrdersService
+from orders.store import StoredOrder
+
+ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
+MOUSE = Product("product-1", "Wireless Mouse", 2999, 10)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def caller(user_id="alice", role="customer"):
+    return Caller(user_id=user_id, role=role, claims={})
+
+
+@pytest.fixture
+def service():
+    service = worker_factory(OrdersService, config={"ORDER_RESERVATION_MINUTES": 0.5})
+    service.auth.require.return_value = caller()
+    service.auth.require_admin.side_effect = Forbidden("Admins only.")
+    service.store.find_products.return_value = {MOUSE.id: MOUSE}
+    service.store.save_order.return_value = True
+    return service
+
+
+def as_admin(service):
+    admin = caller("admin-1", "admin")
+    service.auth.require.return_value = admin
+    service.auth.require_admin.side_effect = None
+    service.auth.require_admin.return_value = admin
+
+
+def stored(status="pending", user_id="alice", payment_id=None, version=3):
+    line = OrderLine(MOUSE.id, MOUSE.name, 2, MOUSE.price_cents)
+    order = Order.place(
+        order_id="order-1",
+        user_id=user_id,
+        priced=PricedLines((line,), line.subtotal_cents),
+        shipping_address=Address("s", "c", "z"),
+        now=NOW,
+    )
+    order.status, order.payment_id = status, payment_id
+    return StoredOrder(order, version)
+
+
+def events_saved(service):
+    """The events each ``save_order`` call wrote with the order."""
+    return [
+        call.args[1] if len(call.args) > 1 else []
+        for call in service.store.save_order.call_args_list
+    ]
+
+
+def test_placing_an_order_reserves_it_and_publishes_order_created(service):
+    body = {
+        "items": [{"productId": "product-1", "quantity": 2, "price": 29.99}],
+        "shippingAddress": ADDRESS,
+    }
+    result = service.create_order(body)
+
+    (order, created), _ = service.store.place_order.call_args
+    assert (order.user_id, order.status, order.total_cents) == ("alice", "pending", 5998)
+    assert created["type"] == "order_created"
+    assert created["data"] == {"orderId": order.id, "userId": "alice", "total": 5998}
+    service.outbox.flush.assert_called_once_with(service.store.orders, order.id)
+    assert result["id"] == order.id and result["total"] == 59.98
+    assert result["items"] == [
+        {
+            "productId": "product-1",
+            "name": "Wireless Mouse",
+            "quantity": 2,
+            "price": 29.99,
+            "subtotal": 59.98,
+        }
+    ]
+    assert order.expires_at - order.created_at == timedelta(seconds=30)  # 0.5 minutes
+
+
+def test_placing_needs_a_token_before_anything_else(service):
+    service.auth.require.side_effect = Unauthorized()
+    with pytest.raises(Unauthorized):
+        service.create_order({"bad": "body"})
+    assert not service.store.method_calls
+
+
+@pytest.mark.parametrize(
+    "body, fields",
+    [
+        (None, {"_schema"}),
+        ({"items": [], "shippingAddress": ADDRESS}, {"items"}),
+        (
+            {"items": [{"productId": "product-1", "quantity": 1.5}]},
+            {"items.0.quantity", "shippingAddress"},
+        ),
+        (
+            {"items": [{"productId": "ghost", "quantity": 1}], "shippingAddress": ADDRESS},
+            {"items.0.productId"},
+        ),
+    ],
+)
+def test_a_bad_order_names_its_fields_and_reserves_nothing(service, body, fields):
+    with pytest.raises(ValidationFailed) as refused:
+        service.create_order(body)
+    assert set(refused.value.details) == fields
+    service.store.place_order.assert_not_called()
+    service.outbox.flush.assert_not_called()
+
+
+def test_no_stock_no_order_and_no_event(service):
+    service.store.place_order.side_effect = InsufficientStock("product-1: 1 left, 2 asked")
+    with pytest.raises(InsufficientStock):
+        service.create_order(
+            {"items": [{"productId": "product-1", "quantity": 2}], "shippingAddress": ADDRESS}
+        )
+    service.outbox.flush.assert_not_called()
+
+
+def test_another_users_order_is_not_found_but_an_admin_sees_it(service):
+    service.store.get_order.return_value = stored(user_id="bob")
+    with pytest.raises(NotFound):
+        service.get_order("order-1")
+    as_admin(service)
+    assert service.get_order("order-1")["userId"] == "bob"
+
+
+def test_a_customer_lists_their_own_orders_and_an_admin_everyones(service):
+    service.store.list_orders.return_value = ([stored().order], 1)
+    page = service.list_orders(status="pending", page="2", limit=5)
+    service.store.list_orders.assert_called_with("alice", "pending", 2, 5)
+    assert (page["page"], page["limit"], page["total"], len(page["items"])) == (2, 5, 1, 1)
+    as_admin(service)
+    service.list_orders()
+    service.store.list_orders.assert_called_with(None, None, 1, 20)
+    with pytest.raises(ValidationFailed) as refused:
+        service.list_orders(status="lost", page=0)
+    assert set(refused.value.details) == {"status", "page"}
+
+
+def test_a_customer_sending_a_status_is_forbidden_whatever_the_rest(service):
+    with pytest.raises(Forbidden):
+        service.update_order("order-1", {"status": "shipped", "junk": 1})
+    assert not service.store.method_calls
+
+
+def test_an_admin_ships_a_paid_order_and_its_stock_is_sold_for_good(service):
+    as_admin(service)
+    service.store.get_order.return_value = stored("paid", user_id="bob", payment_id="pay-1")
+    assert service.update_order("order-1", {"status": "shipped"})["status"] == "shipped"
+    service.store.settle_holds.assert_called_once_with("order-1", {"product-1": 2})
+
+
+def test_an_illegal_status_move_is_not_modifiable_and_saves_nothing(service):
+    as_admin(service)
+    service.store.get_order.return_value = stored("pending")
+    with pytest.raises(OrderNotModifiable):
+        service.update_order("order-1", {"status": "delivered"})
+    service.store.save_order.assert_not_called()
+
+
+def test_cancelling_a_paid_order_asks_for_the_refund_and_returns_the_stock(service):
+    service.store.get_order.side_effect = [stored("pending"), stored("paid", payment_id="pay-1")]
+    service.store.save_order.side_effect = [False, True]  # the payment landed first
+    assert service.cancel_order("order-1")["status"] == "cancelled"
+    (event,) = events_saved(service)[-1]
+    assert event["type"] == "order_cancelled"
+    assert event["data"] == {
+        "orderId": "order-1",
+        "userId": "alice",
+        "wasPaid": True,
+        "paymentId": "pay-1",
+    }
+    service.store.settle_holds.assert_called_once_with("order-1")
+    service.outbox.flush.assert_called_once_with(service.store.orders, "order-1")
+
+
+def test_an_order_that_keeps_changing_gives_up_with_a_conflict(service):
+    service.store.get_order.side_effect = lambda _: stored("pending")
+    service.store.save_order.return_value = False
+    with pytest.raises(OrderNotModifiable):
+        service.cancel_order("order-1")
+    assert service.store.save_order.call_count == SAVE_ATTEMPTS
+    service.store.settle_holds.assert_not_called()
+
+
+def test_a_delivered_order_cannot_be_cancelled(service):
+    service.store.get_order.return_value = stored("delivered")
+    with pytest.raises(OrderNotModifiable):
+        service.cancel_order("order-1")
+    service.store.save_order.assert_not_called()
+
+
+def test_changing_items_re_reserves_through_the_store(service):
+    service.store.get_order.return_value = stored("pending")
+    result = service.update_order("order-1", {"items": [{"productId": "product-1", "quantity": 5}]})
+    (saved, old_lines), _ = service.store.save_items.call_args
+    assert [line.quantity for line in old_lines] == [2]
+    assert [line.quantity for line in saved.order.items] == [5]
+    assert result["total"] == 149.95
+
+
+def test_expiry_releases_the_stock_of_the_orders_this_instance_won(service):
+    due = [stored(), stored()]
+    due[1].order.id = "order-2"
+    service.store.due_to_expire.return_value = due
+    service.store.save_order.side_effect = [True, False]  # another instance won order-2
+    service.expire_orders()
+    assert [events[0]["type"] for events in events_saved(service)] == ["order_expired"] * 2
+    service.store.settle_holds.assert_called_once_with("order-1")
+    service.outbox.flush.assert_called_once_with(service.store.orders, "order-1")
+
+
+def payment(order_id="order-1", payment_id="pay-1"):
+    return new_event(
+        "payment_succeeded",
+        {"orderId": order_id, "paymentId": payment_id, "userId": "alice", "amount": 5998},
+    )
+
+
+def test_a_payment_pays_a_pending_order(service):
+    service.store.get_order.return_value = stored("pending")
+    service.store.apply_payment.return_value = True
+    event = payment()
+    service.on_payment_succeeded(event)
+    (saved, event_id, paid), _ = service.store.apply_payment.call_args
+    assert saved.order.status == "paid" and saved.order.payment_id == "pay-1"
+    assert event_id == event["id"]
+    assert paid["type"] == "order_paid"
+    assert paid["data"] == {"orderId": "order-1", "userId": "alice", "paymentId": "pay-1"}
+    service.store.reject_payment.assert_not_called()
+
+
+def test_a_redelivered_payment_changes_nothing(service):
+    service.store.get_order.return_value = stored("paid", payment_id="pay-1")
+    service.on_payment_succeeded(payment())
+    service.store.apply_payment.assert_not_called()
+    service.store.reject_payment.assert_not_called()
+
+
+def test_a_payment_for_an_order_no_longer_pending_is_rejected(service):
+    service.store.get_order.return_value = stored("expired")
+    event = payment(payment_id="pay-2")
+    service.on_payment_succeeded(event)
+    order_id, payment_id, event_id, rejected = service.store.reject_payment.call_args.args
+    assert (order_id, payment_id, event_id) == ("order-1", "pay-2", event["id"])
+    assert rejected["type"] == "order_payment_rejected"
+    assert rejected["data"] == {"orderId": "order-1", "userId": "alice", "paymentId": "pay-2"}
+
+
+def test_a_refund_is_recorded_once_by_event_id(service):
+    event = new_event(
+        "payment_refunded",
+        {"orderId": "order-1", "paymentId": "pay-1", "userId": "alice", "amount": 5998},
+    )
+    service.on_payment_refunded(event)
+    order_id, refund, event_id = service.store.record_refund.call_args.args
+    assert (order_id, refund["paymentId"], refund["amountCents"], event_id) == (
+        "order-1",
+        "pay-1",
+        5998,
+        event["id"],
+    )
+
+
+def test_only_an_admin_creates_a_product_and_an_id_is_taken_once(service):
+    with pytest.raises(Forbidden):
+        service.create_product({"name": "Lamp", "price": 12.5, "stock": 3})
+    as_admin(service)
+    service.store.insert_product.return_value = True
+    made = service.create_product({"name": "Lamp", "price": 12.5, "stock": 3})
+    assert made["price"] == 12.5 and made["id"]
+    service.store.insert_product.return_value = False
+    with pytest.raises(ValidationFailed) as taken:
+        service.create_product({"id": "product-1", "name": "Lamp", "price": 12.5, "stock": 3})
+    assert list(taken.value.details) == ["id"]
+
+
+def test_an_unknown_product_is_not_found(service):
+    service.store.get_product.return_value = None
+    with pytest.raises(NotFound):
+        service.get_product("nope")
+    with pytest.raises(NotFound):
+        service.get_product({"$ne": None})
+    service.store.get_product.assert_called_once_with("nope")
