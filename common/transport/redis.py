@@ -58,6 +58,10 @@ RESTORE_SCAN_INTERVAL = 1.0
 #: An auto-delete queue (Nameko's BROADCAST handlers) whose consumer stopped
 #: refreshing its binding for this long is deleted with its messages.
 AUTO_DELETE_QUEUE_TTL_MS = 60_000
+#: Seconds a BRPOP waits when it reads only no-ack queues, the channel being out of
+#: prefetch credit: short, so the other queues are read soon after credit returns
+#: (fractional BRPOP timeouts need Redis 6 or later).
+NO_CREDIT_BRPOP_TIMEOUT = 0.1
 #: Seconds between sweeps of abandoned bindings by each consuming channel.
 BINDING_SWEEP_INTERVAL = 10.0
 
@@ -291,6 +295,46 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
         finally:
             self._housekeeping()
 
+    def on_poll_start(self) -> None:
+        # As kombu's, but a channel out of prefetch credit still polls its
+        # no-ack queues (see Channel._brpop_start).
+        self._update_brpop_polling()
+        for channel in self._channels:
+            if channel.active_queues and (
+                channel.qos.can_consume() or channel.consumes_without_ack()
+            ):
+                self._register_BRPOP(channel)
+            if channel.active_fanout_queues:
+                self._register_LISTEN(channel)
+
+    def on_readable(self, fileno: int) -> None:
+        if fileno in self._paused_brpop:
+            return
+        chan_type = self._fd_to_chan.get(fileno)
+        if chan_type is not None and chan_type[1] == "BRPOP" and chan_type[0].may_receive():
+            chan_type[0].handlers["BRPOP"]()
+            return
+        super().on_readable(fileno)
+
+    def _update_brpop_polling(self) -> None:
+        # Kombu pauses a pending BRPOP whose reply could exceed the prefetch
+        # limit; one that only names no-ack queues never can.
+        for fd, (channel, client, connection, sock) in list(self._paused_brpop.items()):
+            ident = channel, client, "BRPOP"
+            if (
+                channel._in_poll is not connection
+                or connection._sock is not sock
+                or self._chan_to_sock.get(ident) is not sock
+                or self._fd_to_chan.get(fd) != (channel, "BRPOP")
+            ):
+                self._discard_paused_brpop(fd)
+            elif channel.may_receive():
+                self.poller.register(sock, self.eventflags)
+                del self._paused_brpop[fd]
+        for fd, (channel, kind) in list(self._fd_to_chan.items()):
+            if kind == "BRPOP" and channel._in_poll and not channel.may_receive():
+                self._pause_brpop(channel, fd)
+
     def _housekeeping(self) -> None:
         for channel in list(self._channels):
             try:
@@ -332,6 +376,8 @@ class Channel(kombu_redis.Channel):
                 setattr(self, name, value)
         self._binding_ttls: dict[str, int] = {}
         self._consumed_queues: set[str] = set()
+        self._no_ack_queues: set[str] = set()
+        self._brpop_no_ack_only = False
         self._sync_client: Any = None
         super().__init__(connection, **kwargs)
         self._bindings_swept_at = float("-inf")
@@ -645,7 +691,45 @@ class Channel(kombu_redis.Channel):
         # Nameko acks its replies anyway; the ack then finds no slot and costs
         # nothing (QoS.ack). Saves two Redis round trips per reply.
         no_ack = no_ack or self.is_ack_free(queue)
+        if no_ack:
+            self._no_ack_queues.add(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    # -- prefetch per consumer, as AMQP has it --------------------------------
+    #
+    # Kombu counts prefetch per channel and stops reading the whole channel at
+    # the limit. Nameko consumes its RPC requests and its RPC replies on one
+    # channel with prefetch = max_workers, so when every worker waits on a call
+    # to another service, nobody reads the replies they wait for: each call
+    # times out. AMQP counts prefetch per consumer, and a no-ack consumer
+    # holds no credit; so here, out of credit, the channel keeps reading its
+    # no-ack queues, and only those.
+
+    def consumes_without_ack(self) -> bool:
+        return any(queue in self._no_ack_queues for queue in self.active_queues)
+
+    def may_receive(self) -> bool:
+        """Whether a message the pending BRPOP returns could be delivered now."""
+        return self.qos.can_consume() or self._brpop_no_ack_only
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if self.qos.can_consume():
+            self._brpop_no_ack_only = False
+            return super()._brpop_start(timeout)
+        queues = [queue for queue in self.active_queues if queue in self._no_ack_queues]
+        if not queues:
+            return None
+        self._brpop_no_ack_only = True
+        # Short, so the channel's other queues are read soon after credit returns.
+        timeout = NO_CREDIT_BRPOP_TIMEOUT
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        command = ["BRPOP", *keys, timeout]
+        if self.global_keyprefix:
+            command = self.client._prefix_args(command)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(*command)
+        return None
 
     def close(self) -> None:
         # An auto-delete queue goes with its consumer, as on RabbitMQ; by now

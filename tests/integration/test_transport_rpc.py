@@ -154,3 +154,17 @@ def test_a_reply_acks_its_request_in_the_same_step(broker, run_services, monkeyp
         client = redis.Redis.from_url(broker.uri)
         assert client.hlen(prefix + "unacked") == 0
         assert client.zcard(prefix + "unacked_index") == 0
+
+
+def test_a_service_whose_workers_all_wait_on_calls_still_gets_its_replies(
+    broker, run_services
+):
+    # Every worker of echo waits on sleeper; the replies must still be read
+    # (kombu's prefetch limit used to stop the whole channel, replies included).
+    config = broker.config(max_workers=2, RPC_TIMEOUT=5)
+    run_services(config, Echo, Sleeper)
+    with ClusterRpcProxy(config, timeout=10) as rpc:
+        started = time.monotonic()
+        calls = [rpc.echo.call_slow_peer.call_async(0.5) for _ in range(4)]
+        assert [call.result() for call in calls] == [0.5] * 4
+        assert time.monotonic() - started < 4
