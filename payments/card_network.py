@@ -2,6 +2,8 @@
 
 ``CardNetwork`` is what the payments service calls; a real provider's client implements
 the same two methods. ``SimulatedCardNetwork`` approves every card but its decline list.
+``CardNetworkProvider`` injects one network per container; give it another factory to
+use a real provider (``CardNetworkProvider(factory=StripeNetwork)``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
+
+from nameko.extensions import DependencyProvider
 
 from payments.domain import Card
 
@@ -49,8 +53,10 @@ class CardNetwork(Protocol):
         """Charge the card; the same ``idempotency_key`` never charges twice."""
         ...
 
-    def refund(self, charge_reference: str, amount_cents: int) -> RefundResult:
-        """Give back ``amount_cents`` of an approved charge."""
+    def refund(
+        self, charge_reference: str, amount_cents: int, *, idempotency_key: str | None = None
+    ) -> RefundResult:
+        """Give back ``amount_cents`` of an approved charge; a key refunds once."""
         ...
 
 
@@ -64,6 +70,7 @@ class SimulatedCardNetwork:
     def __init__(self, new_reference: Callable[[str], str] = _reference) -> None:
         self._new_reference = new_reference
         self._charges_by_key: OrderedDict[str, ChargeResult] = OrderedDict()
+        self._refunds_by_key: OrderedDict[str, RefundResult] = OrderedDict()
 
     def charge(
         self, amount_cents: int, card: Card, *, idempotency_key: str | None = None
@@ -77,12 +84,37 @@ class SimulatedCardNetwork:
             approved=reason is None, reference=self._new_reference("sim_ch"), reason=reason
         )
         if idempotency_key is not None:
-            self._charges_by_key[idempotency_key] = result
-            if len(self._charges_by_key) > REMEMBERED_KEYS:
-                self._charges_by_key.popitem(last=False)
+            _remember(self._charges_by_key, idempotency_key, result)
         return result
 
-    def refund(self, charge_reference: str, amount_cents: int) -> RefundResult:
+    def refund(
+        self, charge_reference: str, amount_cents: int, *, idempotency_key: str | None = None
+    ) -> RefundResult:
         if amount_cents <= 0:
             raise ValueError("a refund must be of a positive amount")
-        return RefundResult(reference=self._new_reference("sim_re"))
+        if idempotency_key is not None and idempotency_key in self._refunds_by_key:
+            return self._refunds_by_key[idempotency_key]
+        result = RefundResult(reference=self._new_reference("sim_re"))
+        if idempotency_key is not None:
+            _remember(self._refunds_by_key, idempotency_key, result)
+        return result
+
+
+def _remember(results: OrderedDict, key: str, result: Any) -> None:
+    results[key] = result
+    if len(results) > REMEMBERED_KEYS:
+        results.popitem(last=False)
+
+
+class CardNetworkProvider(DependencyProvider):
+    """Injects the container's card network, made once by ``factory`` at setup."""
+
+    def __init__(self, factory: Callable[[], CardNetwork] = SimulatedCardNetwork) -> None:
+        self.factory = factory
+        self.network: CardNetwork | None = None
+
+    def setup(self) -> None:
+        self.network = self.factory()
+
+    def get_dependency(self, worker_ctx: Any) -> CardNetwork:
+        return self.network

@@ -37,6 +37,14 @@ COMPLETED = "completed"
 FAILED = "failed"
 REFUNDED = "refunded"
 PAYMENT_STATUSES = (COMPLETED, FAILED, REFUNDED)
+#: An attempt whose charge is under way: it holds its order and its idempotency key,
+#: and is not shown to clients (the contract knows only the statuses above).
+PROCESSING = "processing"
+
+#: Events the payments service dispatches (``payments.<type>``).
+PAYMENT_SUCCEEDED = "payment_succeeded"
+PAYMENT_FAILED = "payment_failed"
+PAYMENT_REFUNDED = "payment_refunded"
 
 VISA = "visa"
 MASTERCARD = "mastercard"
@@ -221,6 +229,26 @@ class Payment:
             provider_reference=result.reference,
         )
 
+    def outcome_event(self) -> tuple[str, dict[str, Any]]:
+        """The event a charge attempt dispatches: ``payment_succeeded`` or ``payment_failed``."""
+        facts = {"paymentId": self.id, "orderId": self.order_id, "userId": self.user_id}
+        if self.status == COMPLETED:
+            return PAYMENT_SUCCEEDED, {**facts, "amount": self.amount_cents}
+        if self.status == FAILED:
+            return PAYMENT_FAILED, {**facts, "reason": self.failure_reason}
+        raise ValueError(f"payment {self.id} is {self.status}, not the outcome of a charge")
+
+    def refunded_event(self) -> tuple[str, dict[str, Any]]:
+        """``payment_refunded``, once the payment is refunded."""
+        if self.status != REFUNDED:
+            raise ValueError(f"payment {self.id} is {self.status}, not refunded")
+        return PAYMENT_REFUNDED, {
+            "paymentId": self.id,
+            "orderId": self.order_id,
+            "userId": self.user_id,
+            "amount": self.amount_cents,
+        }
+
     def refund(self, now: datetime) -> bool:
         """Mark a completed payment refunded; False if it already was (events repeat)."""
         if self.status == REFUNDED:
@@ -271,6 +299,11 @@ def validate_idempotency_key(key: Any) -> str:
             f"Must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters.",
         )
     return key
+
+
+def idempotency_scope(user_id: str, key: str) -> str:
+    """The key as stored: scoped to its user, so two users' equal keys never meet."""
+    return json.dumps([user_id, key], separators=(",", ":"))
 
 
 def request_fingerprint(user_id: str, request: Mapping[str, Any], secret: str | bytes) -> str:

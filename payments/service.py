@@ -1,16 +1,351 @@
-"""The payments service's entrypoints (Nameko RPC); the work happens in its domain."""
+"""The payments service's entrypoints: charge a card for an order, history, refunds.
 
-from nameko.rpc import rpc
+The card is checked (``payments.domain``), the order asked of the orders service with the
+caller's token, the attempt claimed in Mongo (``payments.store``: one payment per order,
+one request per idempotency key), the card charged on the ``CardNetwork``, and the
+outcome written with its event in one update. The card number and CVV are never stored,
+logged or put in an error: only its brand and last four digits are.
+"""
 
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, ValidationError
+from nameko.dependency_providers import Config
+from nameko.events import event_handler
+from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.rpc import RpcProxy, rpc
+from nameko.timer import timer
+
+from common.auth import Auth
+from common.errors import (
+    IdempotencyKeyReused,
+    NotFound,
+    OrderAlreadyPaid,
+    ServiceUnavailable,
+    ShopError,
+    UpstreamTimeout,
+    ValidationFailed,
+    flatten_messages,
+)
+from common.events import Outbox
 from common.health import health_report
+from common.logs import RequestContext
+from common.money import parse_cents
 from common.mongo import Mongo
+from common.tokens import check_secret_for_environment
+from payments.card_network import CardNetworkProvider
+from payments.domain import (
+    COMPLETED,
+    FAILED,
+    IDEMPOTENCY_KEY_HEADER,
+    PROCESSING,
+    Card,
+    Payment,
+    ensure_amount_matches,
+    ensure_payable,
+    idempotency_scope,
+    payment_declined,
+    request_fingerprint,
+    validate_card,
+    validate_idempotency_key,
+)
+from payments.schemas import (
+    ID_MAX_LENGTH,
+    PaymentListQuerySchema,
+    PaymentSchema,
+    ProcessPaymentSchema,
+)
+from payments.store import INDEXES, PaymentStore
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_SECRET_CONFIG_KEY = "IDEMPOTENCY_SECRET"
+DEFAULT_IDEMPOTENCY_SECRET = "dev-only-idempotency-secret"
+#: How long a duplicate request waits for the first one with its key (under RPC_TIMEOUT).
+IN_PROGRESS_WAIT_SECONDS = 4.0
+IN_PROGRESS_POLL_SECONDS = 0.05
+#: Seconds the client is told to wait when the first request is still not done.
+IN_PROGRESS_RETRY_AFTER = 1
+OUTBOX_RELAY_INTERVAL = 5
 
 
 class PaymentsService:
     name = "payments"
-    db = Mongo("payments")
+    request_context = RequestContext()
+    db = Mongo("payments", indexes=INDEXES)
+    auth = Auth()
+    config = Config()
+    orders = RpcProxy("orders")
+    card_network = CardNetworkProvider()
+    outbox = Outbox()
 
     @rpc
     def health(self) -> dict:
         """Answers over the broker; the gateway's /ready asks every service."""
         return health_report(self.name, self.db)
+
+    @rpc(expected_exceptions=ShopError)
+    def process_payment(self, body: Any, idempotency_key: str | None = None) -> dict:
+        """Charge the caller's pending order; the API payment body, or 402 when declined.
+
+        ``idempotency_key`` is the ``Idempotency-Key`` header: the same key with the same
+        request returns the first answer (a decline included) and never charges twice.
+        """
+        caller = self.auth.require()
+        request = _load_payment_request(body, idempotency_key)
+        details = request["card_details"]
+        card = validate_card(details["number"], details["expiry"], details["cvv"], _now().date())
+        store = PaymentStore(self.db)
+
+        scope = fingerprint = None
+        if idempotency_key is not None:
+            scope = idempotency_scope(caller.user_id, idempotency_key)
+            fingerprint = request_fingerprint(caller.user_id, request, self._idempotency_secret())
+            replayed = _replay(store, scope, fingerprint)
+            if replayed is not None:
+                return replayed
+
+        order = self._callers_order(request["order_id"], caller.user_id)
+        ensure_payable(order["status"])
+        ensure_amount_matches(parse_cents(order["total"]), request["amount_cents"])
+
+        now = _now()
+        attempt = Payment(
+            id=uuid.uuid4().hex,
+            order_id=request["order_id"],
+            user_id=caller.user_id,
+            amount_cents=request["amount_cents"],
+            status=PROCESSING,
+            payment_method=request["payment_method"],
+            card=card.summary(),
+            created_at=now,
+            updated_at=now,
+        )
+        if not store.start_attempt(attempt, scope, fingerprint):
+            if scope is not None:
+                replayed = _replay(store, scope, fingerprint)
+                if replayed is not None:
+                    return replayed
+            raise OrderAlreadyPaid(
+                "The order is paid, or a payment of it is under way.",
+                {"orderId": request["order_id"]},
+            )
+        network_key = attempt.id if scope is None else _network_key(scope, fingerprint)
+        payment = self._charge(store, attempt, card, network_key)
+        if payment.status == FAILED:
+            raise payment_declined(payment)
+        return PaymentSchema().dump(payment)
+
+    @rpc(expected_exceptions=ShopError)
+    def get_payment(self, payment_id: Any) -> dict:
+        """One payment: the caller's own (an admin's: any), else 404."""
+        caller = self.auth.require()
+        if not isinstance(payment_id, str) or not 1 <= len(payment_id) <= ID_MAX_LENGTH:
+            raise ValidationFailed.for_field(
+                "paymentId", f"Must be a string of 1 to {ID_MAX_LENGTH} characters."
+            )
+        payment = PaymentStore(self.db).get(payment_id)
+        if payment is None or (payment.user_id != caller.user_id and not caller.is_admin):
+            raise NotFound("No such payment.", {"paymentId": payment_id})
+        return PaymentSchema().dump(payment)
+
+    @rpc(expected_exceptions=ShopError)
+    def list_payments(self, order_id: Any = None, page: Any = 1, limit: Any = 20) -> dict:
+        """``{items, page, limit, total}``: the caller's own payments, newest first."""
+        caller = self.auth.require()
+        params = {"orderId": order_id, "page": page, "limit": limit}
+        query = _load(PaymentListQuerySchema(), {k: v for k, v in params.items() if v is not None})
+        payments, total = PaymentStore(self.db).page_for_user(
+            caller.user_id, query.get("order_id"), query["page"], query["limit"]
+        )
+        return {
+            "items": PaymentSchema(many=True).dump(payments),
+            "page": query["page"],
+            "limit": query["limit"],
+            "total": total,
+        }
+
+    @event_handler("orders", "order_cancelled")
+    def on_order_cancelled(self, event: dict) -> None:
+        """A paid order was cancelled: refund its completed payment, once."""
+        data = _event_data(event)
+        if data is not None and data.get("wasPaid") is True:
+            self._refund(event["id"], data.get("orderId"), data.get("paymentId"))
+
+    @event_handler("orders", "order_payment_rejected")
+    def on_order_payment_rejected(self, event: dict) -> None:
+        """A payment came for an order no longer pending: refund it, once."""
+        data = _event_data(event)
+        if data is not None:
+            self._refund(event["id"], data.get("orderId"), data.get("paymentId"))
+
+    @timer(interval=OUTBOX_RELAY_INTERVAL)
+    def relay_outbox(self) -> None:
+        """Publish events a worker that died after its write left in the outbox."""
+        self.outbox.relay(PaymentStore(self.db).collection)
+
+    def _idempotency_secret(self) -> str:
+        return check_secret_for_environment(
+            self.config.get(IDEMPOTENCY_SECRET_CONFIG_KEY, DEFAULT_IDEMPOTENCY_SECRET),
+            self.config.get("SHOP_ENV"),
+            name=IDEMPOTENCY_SECRET_CONFIG_KEY,
+            default=DEFAULT_IDEMPOTENCY_SECRET,
+        )
+
+    def _callers_order(self, order_id: str, user_id: str) -> dict:
+        """The order as the orders service shows it to the caller; 404 if not theirs."""
+        try:
+            order = self.orders.get_order(order_id)
+        except UnknownService:
+            raise ServiceUnavailable("The orders service is unavailable.", retry_after=1) from None
+        except RpcTimeout:
+            raise UpstreamTimeout("The orders service did not answer in time.") from None
+        if not isinstance(order, dict) or order.get("userId") != user_id:
+            raise NotFound("No such order.", {"orderId": order_id})
+        return order
+
+    def _charge(
+        self, store: PaymentStore, attempt: Payment, card: Card, network_key: str
+    ) -> Payment:
+        """Charge the card and record the outcome with its event; the recorded payment."""
+        try:
+            result = self.card_network.charge(
+                attempt.amount_cents, card, idempotency_key=network_key
+            )
+        except Exception as exc:
+            # Nothing is known to be charged; the network's key makes a retry safe.
+            store.abandon_attempt(attempt.id)
+            # Only the type: a provider's message might quote the card.
+            log.error("card network failed for payment %s: %s", attempt.id, type(exc).__name__)
+            raise ServiceUnavailable(
+                "The card network did not answer; try again.", retry_after=1
+            ) from None
+        payment = Payment.record_charge(
+            payment_id=attempt.id,
+            user_id=attempt.user_id,
+            order_id=attempt.order_id,
+            amount_cents=attempt.amount_cents,
+            card=card,
+            result=result,
+            now=_now(),
+            payment_method=attempt.payment_method,
+        )
+        payment.created_at = attempt.created_at
+        store.finish_attempt(payment)
+        self.outbox.flush(store.collection, payment.id)
+        log.info(
+            "payment %s of order %s: %s (%s ending %s)%s",
+            payment.id,
+            payment.order_id,
+            payment.status,
+            payment.card.brand,
+            payment.card.last4,
+            f", {payment.failure_reason}" if payment.failure_reason else "",
+        )
+        return payment
+
+    def _refund(self, event_id: str, order_id: Any, payment_id: Any) -> None:
+        store = PaymentStore(self.db)
+        if isinstance(payment_id, str):
+            payment = store.get(payment_id)
+        elif isinstance(order_id, str):
+            payment = store.completed_for_order(order_id)
+        else:
+            payment = None
+        if payment is None or payment.order_id != order_id or payment.status != COMPLETED:
+            log.info("event %s: no completed payment of order %s to refund", event_id, order_id)
+            return
+        result = self.card_network.refund(
+            payment.provider_reference,
+            payment.amount_cents,
+            idempotency_key=f"refund-{payment.id}",
+        )
+        payment.refund(_now())
+        if store.mark_refunded(payment, result.reference, event_id):
+            self.outbox.flush(store.collection, payment.id)
+            log.info("payment %s of order %s refunded", payment.id, order_id)
+
+
+def _now() -> datetime:
+    """Now, to the millisecond that Mongo keeps, so a replay dumps the same timestamps."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _load(schema: Schema, data: Any) -> dict:
+    try:
+        return schema.load(data)
+    except ValidationError as error:
+        raise ValidationFailed.from_messages(error.messages) from None
+
+
+def _load_payment_request(body: Any, idempotency_key: Any) -> dict:
+    """The loaded body; every malformed field and a bad key are named in one 422."""
+    details: dict[str, list[str]] = {}
+    request: dict = {}
+    try:
+        request = ProcessPaymentSchema().load(body)
+    except ValidationError as error:
+        details.update(flatten_messages(error.messages))
+    if idempotency_key is not None:
+        try:
+            validate_idempotency_key(idempotency_key)
+        except ValidationFailed as error:
+            details.update(error.details)
+    if details:
+        raise ValidationFailed(details=details)
+    return request
+
+
+def _replay(store: PaymentStore, scope: str, fingerprint: str) -> dict | None:
+    """The first answer for this key: its payment body, or its 402 raised again.
+
+    None when the key is unused. A request still in progress is waited for, a bounded
+    time; the key with a different request is 409 ``IDEMPOTENCY_KEY_REUSED``.
+    """
+    deadline = time.monotonic() + IN_PROGRESS_WAIT_SECONDS
+    while True:
+        found = store.find_by_idempotency_scope(scope)
+        if found is None:
+            return None
+        first_fingerprint, payment = found
+        if not hmac.compare_digest(first_fingerprint, fingerprint):
+            raise IdempotencyKeyReused(
+                details={IDEMPOTENCY_KEY_HEADER: ["Used for a different request."]}
+            )
+        if payment.status == FAILED:
+            raise payment_declined(payment)
+        if payment.status != PROCESSING:
+            return PaymentSchema().dump(payment)
+        if time.monotonic() >= deadline:
+            raise ServiceUnavailable(
+                "A request with this Idempotency-Key is still in progress.",
+                retry_after=IN_PROGRESS_RETRY_AFTER,
+            )
+        time.sleep(IN_PROGRESS_POLL_SECONDS)
+
+
+def _network_key(scope: str, fingerprint: str) -> str:
+    """The charge's key at the card network: the same for the same key and request, so a
+    retry after a network failure cannot charge twice."""
+    return hashlib.sha256(f"{scope}\n{fingerprint}".encode()).hexdigest()
+
+
+def _event_data(event: Any) -> dict | None:
+    """An envelope's ``data`` when it has an id and data; None (logged) otherwise."""
+    if (
+        isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and isinstance(event.get("data"), dict)
+    ):
+        return event["data"]
+    log.warning("ignored a malformed event envelope")
+    return None

@@ -156,9 +156,7 @@ def test_a_reply_acks_its_request_in_the_same_step(broker, run_services, monkeyp
         assert client.zcard(prefix + "unacked_index") == 0
 
 
-def test_a_service_whose_workers_all_wait_on_calls_still_gets_its_replies(
-    broker, run_services
-):
+def test_a_service_whose_workers_all_wait_on_calls_still_gets_its_replies(broker, run_services):
     # Every worker of echo waits on sleeper; the replies must still be read
     # (kombu's prefetch limit used to stop the whole channel, replies included).
     config = broker.config(max_workers=2, RPC_TIMEOUT=5)

@@ -1,0 +1,188 @@
+"""All of the payments service's MongoDB access: the ``payments`` collection.
+
+One document per charge attempt. It is inserted as ``processing`` before the card is
+charged, holding two unique claims that the database enforces under any concurrency:
+
+- ``activeOrderId`` (while ``processing``, ``completed`` or ``refunded``): one order has
+  one payment at most; a ``failed`` attempt gives the order back.
+- ``idempotencyScope`` (the user and their ``Idempotency-Key``), with the request's
+  ``fingerprint``: a key is used by one request at most.
+
+The outcome (``completed``/``failed``) and its event are then written in one update; the
+card itself is never stored, only its brand and last four digits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pymongo import DESCENDING, IndexModel
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from common.events import apply_once, new_event, with_events
+from payments.domain import (
+    COMPLETED,
+    FAILED,
+    PAYMENT_STATUSES,
+    PROCESSING,
+    CardSummary,
+    Payment,
+)
+
+PAYMENTS = "payments"
+
+INDEXES: Mapping[str, list[IndexModel]] = {
+    PAYMENTS: [
+        IndexModel(
+            [("activeOrderId", 1)],
+            unique=True,
+            partialFilterExpression={"activeOrderId": {"$exists": True}},
+            name="one_payment_per_order",
+        ),
+        IndexModel(
+            [("idempotencyScope", 1)],
+            unique=True,
+            partialFilterExpression={"idempotencyScope": {"$exists": True}},
+            name="one_request_per_idempotency_key",
+        ),
+        IndexModel([("userId", 1), ("createdAt", DESCENDING)], name="history"),
+        IndexModel([("orderId", 1)], name="by_order"),
+    ]
+}
+
+#: Statuses a client sees; a ``processing`` attempt is not a payment yet.
+_VISIBLE = {"status": {"$in": list(PAYMENT_STATUSES)}}
+
+
+class PaymentStore:
+    """The payments collection of one service's database."""
+
+    def __init__(self, database: Database) -> None:
+        self.collection: Collection = database[PAYMENTS]
+
+    def start_attempt(
+        self,
+        payment: Payment,
+        idempotency_scope: str | None = None,
+        fingerprint: str | None = None,
+    ) -> bool:
+        """Insert ``payment`` as ``processing``, claiming its order and idempotency key.
+
+        False when either is taken: another payment of the order is under way or done,
+        or this user's key was used (look it up with :meth:`find_by_idempotency_scope`).
+        """
+        document = _to_document(payment)
+        document.update(status=PROCESSING, activeOrderId=payment.order_id)
+        if idempotency_scope is not None:
+            document.update(idempotencyScope=idempotency_scope, fingerprint=fingerprint)
+        try:
+            self.collection.insert_one(document)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    def finish_attempt(self, payment: Payment) -> bool:
+        """Record the charge's outcome and its event in one write; a failure frees the order."""
+        update: dict[str, Any] = {"$set": _outcome_fields(payment)}
+        if payment.status == FAILED:
+            update["$unset"] = {"activeOrderId": ""}
+        event = new_event(*payment.outcome_event(), now=payment.updated_at)
+        result = self.collection.update_one(
+            {"_id": payment.id, "status": PROCESSING}, with_events(update, event)
+        )
+        return result.modified_count == 1
+
+    def abandon_attempt(self, payment_id: str) -> None:
+        """Forget an attempt that charged nothing, freeing its order and its key."""
+        self.collection.delete_one({"_id": payment_id, "status": PROCESSING})
+
+    def find_by_idempotency_scope(self, scope: str) -> tuple[str, Payment] | None:
+        """The fingerprint and the payment (maybe still ``processing``) of a used key."""
+        document = self.collection.find_one({"idempotencyScope": scope})
+        if document is None:
+            return None
+        return document.get("fingerprint") or "", _from_document(document)
+
+    def get(self, payment_id: str) -> Payment | None:
+        """A payment as clients see it (not a ``processing`` attempt)."""
+        document = self.collection.find_one({"_id": payment_id, **_VISIBLE})
+        return None if document is None else _from_document(document)
+
+    def completed_for_order(self, order_id: str) -> Payment | None:
+        document = self.collection.find_one({"orderId": order_id, "status": COMPLETED})
+        return None if document is None else _from_document(document)
+
+    def page_for_user(
+        self, user_id: str, order_id: str | None, page: int, limit: int
+    ) -> tuple[list[Payment], int]:
+        """One page of a user's payments, newest first, and how many there are in all."""
+        query: dict[str, Any] = {"userId": user_id, **_VISIBLE}
+        if order_id is not None:
+            query["orderId"] = order_id
+        cursor = (
+            self.collection.find(query)
+            .sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
+            .skip((page - 1) * limit)
+            .limit(limit)
+        )
+        payments = [_from_document(document) for document in cursor]
+        return payments, self.collection.count_documents(query)
+
+    def mark_refunded(self, payment: Payment, refund_reference: str, event_id: str) -> bool:
+        """Write a refund (``payment`` already refunded by the domain) with its event,
+        once per ``event_id`` and only from ``completed``; True if it happened now."""
+        event = new_event(*payment.refunded_event(), now=payment.updated_at)
+        update = {
+            "$set": {
+                "status": payment.status,
+                "refundReference": refund_reference,
+                "updatedAt": payment.updated_at,
+            }
+        }
+        return apply_once(
+            self.collection,
+            {"_id": payment.id, "status": COMPLETED},
+            with_events(update, event),
+            event_id,
+        )
+
+
+def _outcome_fields(payment: Payment) -> dict[str, Any]:
+    return {
+        "status": payment.status,
+        "failureReason": payment.failure_reason,
+        "providerReference": payment.provider_reference,
+        "updatedAt": payment.updated_at,
+    }
+
+
+def _to_document(payment: Payment) -> dict[str, Any]:
+    return {
+        "_id": payment.id,
+        "orderId": payment.order_id,
+        "userId": payment.user_id,
+        "amountCents": payment.amount_cents,
+        "paymentMethod": payment.payment_method,
+        "card": {"brand": payment.card.brand, "last4": payment.card.last4},
+        "createdAt": payment.created_at,
+        **_outcome_fields(payment),
+    }
+
+
+def _from_document(document: Mapping[str, Any]) -> Payment:
+    return Payment(
+        id=document["_id"],
+        order_id=document["orderId"],
+        user_id=document["userId"],
+        amount_cents=document["amountCents"],
+        status=document["status"],
+        payment_method=document["paymentMethod"],
+        card=CardSummary(**document["card"]),
+        created_at=document["createdAt"],
+        updated_at=document["updatedAt"],
+        failure_reason=document.get("failureReason"),
+        provider_reference=document.get("providerReference"),
+    )

@@ -1,0 +1,479 @@
+"""PaymentsService entrypoints with their dependencies replaced (worker_factory).
+
+The store is an autospec of ``PaymentStore``; the card network is the simulation, counting
+its calls; orders is a mock answering ``get_order``. What the database guarantees under
+concurrency (unique claims) is tested in tests/integration/test_payments_service.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from unittest.mock import create_autospec, patch
+
+import pytest
+from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.testing.services import worker_factory
+
+from common.auth import Caller
+from common.errors import (
+    AmountMismatch,
+    CardExpired,
+    IdempotencyKeyReused,
+    InvalidCard,
+    NotFound,
+    OrderAlreadyPaid,
+    OrderNotPayable,
+    PaymentDeclined,
+    ServiceUnavailable,
+    Unauthorized,
+    UpstreamTimeout,
+    ValidationFailed,
+)
+from common.tokens import InsecureSecretError
+from payments import service as payments_service
+from payments.card_network import ChargeResult, SimulatedCardNetwork
+from payments.domain import (
+    CardSummary,
+    Payment,
+    idempotency_scope,
+    request_fingerprint,
+)
+from payments.schemas import ProcessPaymentSchema
+from payments.service import PaymentsService
+from payments.store import PaymentStore
+
+SECRET = "unit-test-idempotency-secret"
+VISA = "4111111111111111"
+DECLINED = "4000000000000002"
+NOW = datetime(2026, 11, 15, 10, 30, tzinfo=UTC)
+
+
+class CountingNetwork(SimulatedCardNetwork):
+    def __init__(self, fail: Exception | None = None) -> None:
+        super().__init__()
+        self.fail = fail
+        self.charges: list[tuple[int, str | None]] = []
+        self.refunds: list[tuple[str, int, str | None]] = []
+
+    def charge(self, amount_cents, card, *, idempotency_key=None):
+        self.charges.append((amount_cents, idempotency_key))
+        if self.fail is not None:
+            raise self.fail
+        return super().charge(amount_cents, card, idempotency_key=idempotency_key)
+
+    def refund(self, charge_reference, amount_cents, *, idempotency_key=None):
+        self.refunds.append((charge_reference, amount_cents, idempotency_key))
+        return super().refund(charge_reference, amount_cents, idempotency_key=idempotency_key)
+
+
+def body(order_id="order-1", number=VISA, amount=59.98, **card) -> dict:
+    return {
+        "orderId": order_id,
+        "amount": amount,
+        "paymentMethod": "credit_card",
+        "cardDetails": {"number": number, "expiry": "12/30", "cvv": "123", **card},
+    }
+
+
+def order(status="pending", total=59.98, user_id="user-1", order_id="order-1") -> dict:
+    return {"id": order_id, "userId": user_id, "status": status, "total": total}
+
+
+def payment(status="completed", user_id="user-1", order_id="order-1", **fields) -> Payment:
+    values = dict(
+        id="pay-1",
+        order_id=order_id,
+        user_id=user_id,
+        amount_cents=5998,
+        status=status,
+        payment_method="credit_card",
+        card=CardSummary("visa", "1111"),
+        created_at=NOW,
+        updated_at=NOW,
+        failure_reason="card_declined" if status == "failed" else None,
+        provider_reference="sim_ch_1",
+    )
+    values.update(fields)
+    return Payment(**values)
+
+
+@pytest.fixture
+def store():
+    store = create_autospec(PaymentStore, instance=True)
+    store.collection = "payments-collection"
+    store.find_by_idempotency_scope.return_value = None
+    store.start_attempt.return_value = True
+    store.mark_refunded.return_value = True
+    with patch.object(payments_service, "PaymentStore", return_value=store):
+        yield store
+
+
+@pytest.fixture
+def network():
+    return CountingNetwork()
+
+
+def make_service(network, role="customer", user_id="user-1", config=None):
+    service = worker_factory(
+        PaymentsService,
+        card_network=network,
+        config=config if config is not None else {"IDEMPOTENCY_SECRET": SECRET},
+    )
+    service.auth.require.return_value = Caller(user_id, role, {})
+    service.orders.get_order.return_value = order()
+    return service
+
+
+@pytest.fixture
+def service(network):
+    return make_service(network)
+
+
+def fingerprint_of(request_body, user_id="user-1"):
+    return request_fingerprint(user_id, ProcessPaymentSchema().load(request_body), SECRET)
+
+
+def test_an_approved_card_records_a_completed_payment_and_flushes_its_event(
+    service, store, network
+):
+    answer = service.process_payment(body())
+
+    service.orders.get_order.assert_called_once_with("order-1")
+    (attempt, scope, fingerprint), _ = store.start_attempt.call_args
+    assert (attempt.status, attempt.order_id, attempt.user_id, attempt.amount_cents) == (
+        "processing",
+        "order-1",
+        "user-1",
+        5998,
+    )
+    assert (scope, fingerprint) == (None, None)
+    assert attempt.card == CardSummary("visa", "1111")
+    (recorded,), _ = store.finish_attempt.call_args
+    assert recorded.status == "completed" and recorded.id == attempt.id
+    service.outbox.flush.assert_called_once_with(store.collection, attempt.id)
+    assert network.charges == [(5998, attempt.id)]
+    assert answer == {
+        "id": attempt.id,
+        "orderId": "order-1",
+        "userId": "user-1",
+        "amount": 59.98,
+        "status": "completed",
+        "paymentMethod": "credit_card",
+        "card": {"brand": "visa", "last4": "1111"},
+        "createdAt": answer["createdAt"],
+        "updatedAt": answer["updatedAt"],
+    }
+
+
+def test_a_declined_card_is_recorded_as_failed_before_the_402(service, store, network):
+    with pytest.raises(PaymentDeclined) as declined:
+        service.process_payment(body(number=DECLINED))
+    (recorded,), _ = store.finish_attempt.call_args
+    assert (recorded.status, recorded.failure_reason) == ("failed", "card_declined")
+    assert declined.value.details == {"paymentId": recorded.id, "reason": "card_declined"}
+    service.outbox.flush.assert_called_once_with(store.collection, recorded.id)
+
+
+def test_a_taken_order_is_already_paid_and_charges_nothing(service, store, network):
+    store.start_attempt.return_value = False
+    with pytest.raises(OrderAlreadyPaid):
+        service.process_payment(body())
+    assert network.charges == []
+    store.finish_attempt.assert_not_called()
+
+
+@pytest.mark.parametrize(
+    ("the_order", "error"),
+    [
+        (order(total=59.97), AmountMismatch),
+        (order(status="cancelled"), OrderNotPayable),
+        (order(status="expired"), OrderNotPayable),
+        (order(status="paid"), OrderAlreadyPaid),
+        (order(user_id="user-2"), NotFound),  # e.g. an admin asking for someone else's
+    ],
+)
+def test_the_order_must_be_the_callers_pending_order_of_that_total(
+    service, store, network, the_order, error
+):
+    service.orders.get_order.return_value = the_order
+    with pytest.raises(error):
+        service.process_payment(body())
+    store.start_attempt.assert_not_called()
+    assert network.charges == []
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [(UnknownService("orders"), ServiceUnavailable), (RpcTimeout("orders"), UpstreamTimeout)],
+)
+def test_an_unreachable_orders_service_is_a_clear_error(service, store, failure, error):
+    service.orders.get_order.side_effect = failure
+    with pytest.raises(error):
+        service.process_payment(body())
+    store.start_attempt.assert_not_called()
+
+
+def test_a_network_failure_frees_the_attempt_and_logs_no_card(store, caplog):
+    network = CountingNetwork(fail=ConnectionError(f"refused for card {VISA} cvv 123"))
+    service = make_service(network)
+    with caplog.at_level(logging.DEBUG), pytest.raises(ServiceUnavailable):
+        service.process_payment(body())
+    (attempt, _, _), _ = store.start_attempt.call_args
+    store.abandon_attempt.assert_called_once_with(attempt.id)
+    store.finish_attempt.assert_not_called()
+    assert "ConnectionError" in caplog.text
+    assert VISA not in caplog.text and "cvv 123" not in caplog.text
+
+
+def test_the_first_request_with_a_key_claims_it_with_its_fingerprint(service, store, network):
+    service.process_payment(body(), idempotency_key="key-1")
+    (_, scope, fingerprint), _ = store.start_attempt.call_args
+    assert scope == idempotency_scope("user-1", "key-1")
+    assert fingerprint == fingerprint_of(body())
+    store.find_by_idempotency_scope.assert_called_once_with(scope)
+    # The network's key is the same for the same key and request, and not the card.
+    ((_, network_key),) = network.charges
+    assert network_key not in (None, fingerprint) and VISA not in network_key
+
+
+def test_a_replay_returns_the_first_payment_without_asking_anyone(service, store, network):
+    first = payment()
+    store.find_by_idempotency_scope.return_value = (fingerprint_of(body()), first)
+    answer = service.process_payment(body(), idempotency_key="key-1")
+    assert answer["id"] == "pay-1" and answer["status"] == "completed"
+    service.orders.get_order.assert_not_called()
+    store.start_attempt.assert_not_called()
+    assert network.charges == []
+
+
+def test_a_replay_of_a_decline_is_the_same_402(service, store, network):
+    store.find_by_idempotency_scope.return_value = (
+        fingerprint_of(body(number=DECLINED)),
+        payment(status="failed"),
+    )
+    with pytest.raises(PaymentDeclined) as declined:
+        service.process_payment(body(number=DECLINED), idempotency_key="key-1")
+    assert declined.value.details == {"paymentId": "pay-1", "reason": "card_declined"}
+    assert network.charges == []
+
+
+def test_a_key_reused_for_another_request_is_refused(service, store, network):
+    store.find_by_idempotency_scope.return_value = (fingerprint_of(body()), payment())
+    with pytest.raises(IdempotencyKeyReused):
+        service.process_payment(body(amount=10), idempotency_key="key-1")
+    assert network.charges == []
+
+
+def test_a_duplicate_waits_for_the_request_in_progress(service, store, network):
+    fingerprint = fingerprint_of(body())
+    store.find_by_idempotency_scope.side_effect = [
+        None,  # not there at first: on to the claim, which the other request won
+        (fingerprint, payment(status="processing")),
+        (fingerprint, payment(status="processing")),
+        (fingerprint, payment()),
+    ]
+    store.start_attempt.return_value = False
+    answer = service.process_payment(body(), idempotency_key="key-1")
+    assert answer["id"] == "pay-1"
+    assert network.charges == []
+
+
+def test_a_duplicate_gives_up_waiting_after_a_bound(service, store, network, monkeypatch):
+    monkeypatch.setattr(payments_service, "IN_PROGRESS_WAIT_SECONDS", 0.1)
+    store.find_by_idempotency_scope.return_value = (
+        fingerprint_of(body()),
+        payment(status="processing"),
+    )
+    with pytest.raises(ServiceUnavailable) as busy:
+        service.process_payment(body(), idempotency_key="key-1")
+    assert busy.value.retry_after == 1
+    assert network.charges == []
+
+
+def test_production_refuses_the_default_idempotency_secret(store, network):
+    service = make_service(network, config={"SHOP_ENV": "production"})
+    with pytest.raises(InsecureSecretError):
+        service.process_payment(body(), idempotency_key="key-1")
+    assert network.charges == []
+
+
+@pytest.mark.parametrize(
+    ("request_body", "key", "paths"),
+    [
+        (None, None, {"_schema"}),
+        ([], None, {"_schema"}),
+        ({}, None, {"orderId", "amount", "paymentMethod", "cardDetails"}),
+        (body(number="4111-x"), None, {"cardDetails.number"}),
+        (body(expiry="13/30"), None, {"cardDetails.expiry"}),
+        (body(cvv="12"), None, {"cardDetails.cvv"}),
+        (body(amount=-1), None, {"amount"}),
+        (body(amount=1.001), None, {"amount"}),
+        (body(order_id=""), None, {"orderId"}),
+        (body(), "bad\nkey", {"Idempotency-Key"}),
+        (body(cvv="x"), 42, {"cardDetails.cvv", "Idempotency-Key"}),
+    ],
+)
+def test_bad_payment_input_names_its_fields_and_touches_nothing(
+    service, store, network, request_body, key, paths
+):
+    with pytest.raises(ValidationFailed) as error:
+        service.process_payment(request_body, idempotency_key=key)
+    assert set(error.value.details) == paths
+    service.orders.get_order.assert_not_called()
+    store.start_attempt.assert_not_called()
+    assert network.charges == []
+
+
+@pytest.mark.parametrize(
+    ("number", "expiry", "error"),
+    [("4111111111111112", "12/30", InvalidCard), (VISA, "01/20", CardExpired)],
+)
+def test_card_checks_come_before_the_order(service, store, number, expiry, error):
+    with pytest.raises(error):
+        service.process_payment(body(number=number, expiry=expiry))
+    service.orders.get_order.assert_not_called()
+
+
+def test_every_method_needs_a_caller_first(service, store):
+    service.auth.require.side_effect = Unauthorized()
+    for call in (
+        lambda: service.process_payment({"bad": "body"}),
+        lambda: service.get_payment(None),
+        lambda: service.list_payments(page=0),
+    ):
+        with pytest.raises(Unauthorized):
+            call()
+    assert store.method_calls == []
+
+
+def test_get_payment_shows_the_owner_their_payment(service, store):
+    store.get.return_value = payment()
+    assert service.get_payment("pay-1")["id"] == "pay-1"
+    store.get.assert_called_once_with("pay-1")
+
+
+def test_another_users_payment_is_not_found_but_an_admin_sees_it(store, network):
+    store.get.return_value = payment(user_id="user-2")
+    with pytest.raises(NotFound):
+        make_service(network).get_payment("pay-1")
+    admin = make_service(network, role="admin", user_id="admin-1")
+    assert admin.get_payment("pay-1")["userId"] == "user-2"
+
+
+@pytest.mark.parametrize("payment_id", [None, 7, "", "x" * 65])
+def test_get_payment_refuses_a_bad_id(service, store, payment_id):
+    with pytest.raises(ValidationFailed) as error:
+        service.get_payment(payment_id)
+    assert set(error.value.details) == {"paymentId"}
+    store.get.assert_not_called()
+
+
+def test_list_payments_is_the_callers_own_page(service, store):
+    store.page_for_user.return_value = ([payment()], 21)
+    answer = service.list_payments(order_id="order-1", page="2", limit="20")
+    store.page_for_user.assert_called_once_with("user-1", "order-1", 2, 20)
+    assert (answer["page"], answer["limit"], answer["total"]) == (2, 20, 21)
+    assert [item["id"] for item in answer["items"]] == ["pay-1"]
+
+    store.page_for_user.return_value = ([], 0)
+    assert service.list_payments()["limit"] == 20
+    store.page_for_user.assert_called_with("user-1", None, 1, 20)
+
+
+@pytest.mark.parametrize(
+    ("params", "path"),
+    [
+        ({"page": 0}, "page"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"order_id": ""}, "orderId"),
+        ({"order_id": ["a"]}, "orderId"),
+    ],
+)
+def test_list_payments_refuses_bad_queries(service, store, params, path):
+    with pytest.raises(ValidationFailed) as error:
+        service.list_payments(**params)
+    assert set(error.value.details) == {path}
+    store.page_for_user.assert_not_called()
+
+
+def cancelled(was_paid=True, payment_id="pay-1", event_id="event-1") -> dict:
+    return {
+        "id": event_id,
+        "type": "order_cancelled",
+        "occurredAt": "2026-11-15T10:30:00.000Z",
+        "data": {
+            "orderId": "order-1",
+            "userId": "user-1",
+            "wasPaid": was_paid,
+            "paymentId": payment_id,
+        },
+    }
+
+
+def test_a_paid_cancellation_refunds_the_payment_once(service, store, network):
+    store.get.return_value = payment()
+    service.on_order_cancelled(cancelled())
+    assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
+    (refunded, reference, event_id), _ = store.mark_refunded.call_args
+    assert (refunded.status, event_id) == ("refunded", "event-1")
+    assert reference.startswith("sim_re_")
+    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+
+
+def test_a_refund_the_store_already_applied_publishes_nothing(service, store, network):
+    store.get.return_value = payment()
+    store.mark_refunded.return_value = False  # a redelivery racing the first
+    service.on_order_cancelled(cancelled())
+    service.outbox.flush.assert_not_called()
+
+
+def test_a_cancellation_without_the_payment_id_finds_the_completed_payment(service, store):
+    store.completed_for_order.return_value = payment()
+    service.on_order_cancelled(cancelled(payment_id=None))
+    store.completed_for_order.assert_called_once_with("order-1")
+    store.mark_refunded.assert_called_once()
+
+
+@pytest.mark.parametrize(
+    ("event", "found"),
+    [
+        (cancelled(was_paid=False), payment()),
+        (cancelled(), payment(status="refunded")),
+        (cancelled(), payment(status="failed")),
+        (cancelled(), payment(order_id="order-2")),
+        (cancelled(), None),
+        ({"id": "event-1"}, payment()),
+        ("not an envelope", payment()),
+    ],
+)
+def test_nothing_to_refund_changes_nothing(service, store, network, event, found):
+    store.get.return_value = found
+    service.on_order_cancelled(event)
+    assert network.refunds == []
+    store.mark_refunded.assert_not_called()
+
+
+def test_a_rejected_payment_is_refunded(service, store, network):
+    store.get.return_value = payment()
+    event = cancelled()
+    event["data"] = {"orderId": "order-1", "userId": "user-1", "paymentId": "pay-1"}
+    service.on_order_payment_rejected(event)
+    assert len(network.refunds) == 1
+    store.mark_refunded.assert_called_once()
+
+
+def test_the_timer_relays_the_outbox(service, store):
+    service.relay_outbox()
+    service.outbox.relay.assert_called_once_with(store.collection)
+
+
+def test_charge_results_become_payments_with_the_attempts_creation_time(service, store):
+    with patch.object(SimulatedCardNetwork, "charge", return_value=ChargeResult(True, "sim_ch_9")):
+        answer = service.process_payment(body())
+    (attempt, _, _), _ = store.start_attempt.call_args
+    (recorded,), _ = store.finish_attempt.call_args
+    assert recorded.created_at == attempt.created_at
+    assert recorded.provider_reference == "sim_ch_9"
+    assert answer["createdAt"] <= answer["updatedAt"]
