@@ -1,0 +1,276 @@
+"""The public HTTP API (../shared/API.md) end to end: real HTTP to the gateway, real
+services behind it over a real broker (Redis, and RabbitMQ where it answers), the
+Mongo-wire server underneath."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from common.embedded import free_port
+from gateway.service import GatewayService
+from orders.service import OrdersService
+from payments.service import PaymentsService
+from users.service import UsersService
+
+ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
+CARD = {"number": "4111111111111111", "expiry": "12/30", "cvv": "123"}
+
+
+class Api:
+    def __init__(self, base: str):
+        self.base = base
+
+    def __call__(self, method, path, body=None, token=None, headers=None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                raw = response.read()
+                return response.status, response.headers, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            return error.code, error.headers, json.loads(raw) if raw else None
+
+    def customer(self) -> tuple[str, str]:
+        email = f"e2e-{uuid.uuid4().hex[:8]}@Example.com"
+        status, _, _ = self(
+            "POST",
+            "/api/users/register",
+            {"email": email, "password": "password123", "name": "E2E"},
+        )
+        assert status == 201
+        status, _, tokens = self(
+            "POST", "/api/users/login", {"email": email.upper(), "password": "password123"}
+        )
+        assert status == 200
+        return tokens["accessToken"], tokens["refreshToken"]
+
+
+@pytest.fixture
+def api(run_services, shop_config):
+    port = free_port()
+    config = dict(shop_config, WEB_SERVER_ADDRESS=f"127.0.0.1:{port}")
+    run_services(UsersService, OrdersService, PaymentsService, GatewayService, config=config)
+    return Api(f"http://127.0.0.1:{port}")
+
+
+def wait_for_status(api, token, order_id, status, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        _, _, order = api("GET", f"/api/orders/{order_id}", token=token)
+        if order["status"] == status or time.monotonic() > deadline:
+            return order
+        time.sleep(0.05)
+
+
+def test_the_design_documents_three_curl_examples(api):
+    # 1. register, exactly as the design document's curl sends it
+    status, headers, user = api(
+        "POST",
+        "/api/users/register",
+        {
+            "email": f"user-{uuid.uuid4().hex[:6]}@example.com",
+            "password": "password123",
+            "name": "John Doe",
+        },
+    )
+    assert status == 201 and user["role"] == "customer" and headers["X-Request-ID"]
+    status, _, tokens = api(
+        "POST", "/api/users/login", {"email": user["email"], "password": "password123"}
+    )
+    token = tokens["accessToken"]
+
+    # 2. the order of two product-1 at 29.99
+    status, _, order = api(
+        "POST",
+        "/api/orders",
+        {
+            "items": [{"productId": "product-1", "quantity": 2, "price": 29.99}],
+            "shippingAddress": ADDRESS,
+        },
+        token=token,
+    )
+    assert status == 201 and order["total"] == 59.98 and order["status"] == "pending"
+
+    # 3. the payment as written: its expiry 12/25 is in the past
+    payment = {
+        "orderId": order["id"],
+        "amount": 59.98,
+        "paymentMethod": "credit_card",
+        "cardDetails": {"number": "4111111111111111", "expiry": "12/25", "cvv": "123"},
+    }
+    status, _, error = api("POST", "/api/payments", payment, token=token)
+    assert (status, error["error"]) == (422, "CARD_EXPIRED")
+    # ... and with a card that has not expired
+    payment["cardDetails"]["expiry"] = "12/30"
+    status, _, paid = api("POST", "/api/payments", payment, token=token)
+    assert status == 201 and paid["status"] == "completed"
+    assert wait_for_status(api, token, order["id"], "paid", timeout=1.0)["status"] == "paid"
+
+
+def test_users_routes_login_refresh_profile_logout(api):
+    access, refresh = api.customer()
+    status, _, me = api("GET", "/api/users/me", token=access)
+    assert status == 200 and set(me) == {"id", "email", "name", "role", "createdAt"}
+    assert me["email"] == me["email"].lower()
+
+    status, _, error = api("PATCH", "/api/users/me", {"password": "new-password-1"}, token=access)
+    assert (status, error["error"]) == (422, "VALIDATION_ERROR")
+    assert "currentPassword" in error["details"]
+
+    status, _, error = api("POST", "/api/users/login", {"email": me["email"], "password": "x"})
+    assert (status, error["error"]) == (401, "INVALID_CREDENTIALS")
+
+    status, _, pair = api("POST", "/api/users/refresh", {"refreshToken": refresh})
+    assert status == 200 and pair["tokenType"] == "Bearer"
+    assert api("GET", "/api/users/me", token=pair["accessToken"])[0] == 200
+    status, _, body = api("POST", "/api/users/logout", token=pair["accessToken"])
+    assert status == 204 and body is None
+    assert api("GET", "/api/users/me", token=pair["accessToken"])[0] == 401
+    # Rotation: the refresh token used above is dead; so is the logged-out session's.
+    assert api("POST", "/api/users/refresh", {"refreshToken": refresh})[0] == 401
+    assert api("POST", "/api/users/refresh", {"refreshToken": pair["refreshToken"]})[0] == 401
+
+
+def test_orders_are_private_paginated_and_validated(api):
+    alice, _ = api.customer()
+    bob, _ = api.customer()
+    created = []
+    for quantity in (1, 2, 3):
+        status, _, order = api(
+            "POST",
+            "/api/orders",
+            {
+                "items": [{"productId": "product-1", "quantity": quantity}],
+                "shippingAddress": ADDRESS,
+            },
+            token=alice,
+        )
+        assert status == 201
+        created.append(order)
+
+    status, _, page = api("GET", "/api/orders?page=1&limit=2", token=alice)
+    assert status == 200 and page["total"] == 3 and len(page["items"]) == 2
+    assert page["items"][0]["id"] == created[-1]["id"]  # newest first
+    assert api("GET", f"/api/orders/{created[0]['id']}", token=bob)[0] == 404
+    assert api("GET", "/api/orders", token=bob)[2]["total"] == 0
+
+    status, _, error = api(
+        "POST",
+        "/api/orders",
+        {"items": [{"productId": "product-1", "quantity": 0}], "shippingAddress": {}},
+        token=alice,
+    )
+    assert (status, error["error"]) == (422, "VALIDATION_ERROR")
+    assert "items.0.quantity" in error["details"]
+    assert "shippingAddress.city" in error["details"]
+
+    status, _, error = api(
+        "POST",
+        "/api/orders",
+        {
+            "items": [{"productId": "product-1", "quantity": 1, "price": 1.0}],
+            "shippingAddress": ADDRESS,
+        },
+        token=alice,
+    )
+    assert (status, error["error"]) == (409, "PRICE_MISMATCH")
+
+    status, _, error = api(
+        "PATCH", f"/api/orders/{created[0]['id']}", {"status": "shipped"}, token=alice
+    )
+    assert (status, error["error"]) == (403, "FORBIDDEN")
+
+    status, _, cancelled = api("POST", f"/api/orders/{created[0]['id']}/cancel", token=alice)
+    assert status == 200 and cancelled["status"] == "cancelled"
+    status, _, error = api("POST", f"/api/orders/{created[0]['id']}/cancel", token=alice)
+    assert (status, error["error"]) == (409, "ORDER_NOT_MODIFIABLE")
+
+
+def test_products_are_public_and_admin_only_to_change(api, shop_config):
+    status, _, catalog = api("GET", "/api/products?limit=100")
+    assert status == 200 and any(
+        p["id"] == "product-1" and p["price"] == 29.99 for p in catalog["items"]
+    )
+    customer, _ = api.customer()
+    product = {"id": f"p-{uuid.uuid4().hex[:6]}", "name": "Lamp", "price": 12.5, "stock": 3}
+    assert api("POST", "/api/products", product, token=customer)[0] == 403
+    _, _, tokens = api(
+        "POST",
+        "/api/users/login",
+        {"email": shop_config["ADMIN_EMAIL"], "password": shop_config["ADMIN_PASSWORD"]},
+    )
+    admin = tokens["accessToken"]
+    status, _, created = api("POST", "/api/products", product, token=admin)
+    assert status == 201 and created == product
+    status, _, changed = api("PATCH", f"/api/products/{product['id']}", {"stock": 7}, token=admin)
+    assert status == 200 and changed["stock"] == 7
+    assert api("GET", "/api/products/no-such-product")[0] == 404
+
+
+def test_payments_idempotency_declines_and_history(api):
+    token, _ = api.customer()
+    _, _, order = api(
+        "POST",
+        "/api/orders",
+        {"items": [{"productId": "product-1", "quantity": 1}], "shippingAddress": ADDRESS},
+        token=token,
+    )
+    declined = {
+        "orderId": order["id"],
+        "amount": 29.99,
+        "paymentMethod": "credit_card",
+        "cardDetails": dict(CARD, number="4000000000000002"),
+    }
+    status, _, error = api(
+        "POST", "/api/payments", declined, token=token, headers={"Idempotency-Key": "k-declined"}
+    )
+    assert (status, error["error"]) == (402, "PAYMENT_DECLINED")
+    # The replay of a declined attempt replays its 402.
+    assert (
+        api(
+            "POST",
+            "/api/payments",
+            declined,
+            token=token,
+            headers={"Idempotency-Key": "k-declined"},
+        )[0]
+        == 402
+    )
+
+    good = dict(declined, cardDetails=CARD)
+    status, _, first = api(
+        "POST", "/api/payments", good, token=token, headers={"Idempotency-Key": "k-good"}
+    )
+    assert status == 201
+    status, _, again = api(
+        "POST", "/api/payments", good, token=token, headers={"Idempotency-Key": "k-good"}
+    )
+    assert status == 201 and again == first
+    status, _, error = api(
+        "POST",
+        "/api/payments",
+        dict(good, amount=1.0),
+        token=token,
+        headers={"Idempotency-Key": "k-good"},
+    )
+    assert (status, error["error"]) == (409, "IDEMPOTENCY_KEY_REUSED")
+    status, _, error = api("POST", "/api/payments", good, token=token)
+    assert (status, error["error"]) == (409, "ORDER_ALREADY_PAID")
+
+    status, _, history = api("GET", f"/api/payments?orderId={order['id']}", token=token)
+    assert status == 200 and {p["status"] for p in history["items"]} == {"failed", "completed"}
+    other, _ = api.customer()
+    assert api("GET", f"/api/payments/{first['id']}", token=other)[0] == 404
+    assert api("GET", f"/api/payments?orderId={order['id']}", token=other)[2]["items"] == []
