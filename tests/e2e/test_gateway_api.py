@@ -274,3 +274,89 @@ def test_payments_idempotency_declines_and_history(api):
     other, _ = api.customer()
     assert api("GET", f"/api/payments/{first['id']}", token=other)[0] == 404
     assert api("GET", f"/api/payments?orderId={order['id']}", token=other)[2]["items"] == []
+
+
+@pytest.fixture
+def captured_log_lines():
+    """Every log line any service writes, formatted as in production (JSON, filtered)."""
+    import logging
+
+    from common.logs import JsonFormatter, RequestIdFilter, SecretsFilter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Collect(level=logging.DEBUG)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    handler.addFilter(SecretsFilter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield lines
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+def test_no_secret_reaches_any_log_and_every_line_is_json_with_a_request_id(
+    api, captured_log_lines
+):
+    password = "correct-horse-battery"
+    email = f"secret-{uuid.uuid4().hex[:6]}@example.com"
+    api("POST", "/api/users/register", {"email": email, "password": password, "name": "S"})
+    _, _, tokens = api("POST", "/api/users/login", {"email": email, "password": password})
+    token = tokens["accessToken"]
+    _, _, order = api(
+        "POST",
+        "/api/orders",
+        {"items": [{"productId": "product-1", "quantity": 1}], "shippingAddress": ADDRESS},
+        token=token,
+        headers={"X-Request-ID": "trace-me-123"},
+    )
+    card = {"number": "5555555555554444", "expiry": "11/31", "cvv": "987"}
+    status, _, _ = api(
+        "POST",
+        "/api/payments",
+        {
+            "orderId": order["id"],
+            "amount": 29.99,
+            "paymentMethod": "credit_card",
+            "cardDetails": card,
+        },
+        token=token,
+    )
+    assert status == 201
+    api(
+        "POST",
+        "/api/payments",
+        {
+            "orderId": order["id"],
+            "amount": 29.99,
+            "paymentMethod": "credit_card",
+            "cardDetails": dict(card, number="4000000000000002"),
+        },
+        token=token,
+    )
+    wait_for_status(api, token, order["id"], "paid")
+
+    text = "\n".join(captured_log_lines)
+    assert captured_log_lines, "the flow logged nothing"
+    for secret in (
+        password,
+        "5555555555554444",
+        "4000000000000002",
+        token,
+        tokens["refreshToken"],
+        '"987"',
+        "cvv=987",
+    ):
+        assert secret not in text, f"{secret!r} reached a log"
+    entries = [json.loads(line) for line in captured_log_lines]
+    requests = [e for e in entries if e["logger"] == "gateway.requests"]
+    assert {"method", "path", "status", "duration_ms", "user_id", "request_id"} <= set(requests[0])
+    traced = [e for e in entries if e["request_id"] == "trace-me-123"]
+    assert {e["service"] for e in traced} >= {"gateway"}
