@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
@@ -16,6 +14,7 @@ from common.embedded import free_port
 from gateway.service import GatewayService
 from orders.service import OrdersService
 from payments.service import PaymentsService
+from tests.support import http_json
 from users.service import UsersService
 
 ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
@@ -27,20 +26,7 @@ class Api:
         self.base = base
 
     def __call__(self, method, path, body=None, token=None, headers=None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=20) as response:
-                raw = response.read()
-                return response.status, response.headers, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as error:
-            raw = error.read()
-            return error.code, error.headers, json.loads(raw) if raw else None
+        return http_json(method, self.base + path, body, token, headers)
 
     def customer(self) -> tuple[str, str]:
         email = f"e2e-{uuid.uuid4().hex[:8]}@Example.com"

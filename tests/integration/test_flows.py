@@ -15,6 +15,7 @@ import pytest
 from common.errors import OrderAlreadyPaid, OrderNotModifiable, PaymentDeclined
 from orders.service import OrdersService
 from payments.service import PaymentsService
+from tests.support import wait_for
 from users.service import UsersService
 
 APPROVED = "4111111111111111"
@@ -24,18 +25,6 @@ ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
 
 def card(number=APPROVED):
     return {"number": number, "expiry": "12/30", "cvv": "123"}
-
-
-def wait_for(check, timeout=5.0, interval=0.05):
-    """Poll ``check`` until it returns something truthy; that value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @pytest.fixture

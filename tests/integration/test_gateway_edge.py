@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 
@@ -12,22 +11,7 @@ from common.embedded import free_port
 from common.tokens import TokenIssuer
 from gateway.service import GatewayService
 from tests.fixtures.services import TEST_JWT_SECRET
-
-
-def call(base, method, path, body=None, token=None, headers=None, raw=None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(base + path, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            payload = response.read()
-            return response.status, response.headers, json.loads(payload or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers, json.loads(error.read() or b"null")
+from tests.support import http_json
 
 
 @pytest.fixture
@@ -45,6 +29,10 @@ def tokens():
         "customer": issuer.issue_pair("user-1", "customer").access_token,
         "admin": issuer.issue_pair("admin-1", "admin").access_token,
     }
+
+
+def call(base, method, path, **kwargs):
+    return http_json(method, base + path, **kwargs)
 
 
 def test_unknown_routes_and_wrong_methods_answer_in_the_contract_shape(gateway):

@@ -30,6 +30,7 @@ from orders.domain import DEMO_CATALOG, Address, Order, OrderLine, PricedLines, 
 from orders.service import OrdersService
 from orders.store import OrdersStore
 from tests.fixtures.services import TEST_JWT_SECRET
+from tests.support import wait_for
 
 ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
 ISSUER = TokenIssuer(TEST_JWT_SECRET)
@@ -64,17 +65,6 @@ class OrderEventsProbe:
 
 def token(user_id: str | None = None, role: str = "customer") -> str:
     return ISSUER.issue_pair(user_id or f"user-{uuid.uuid4().hex[:8]}", role).access_token
-
-
-def wait_for(check, timeout=5.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def events_of(event_type, order_id):
