@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 
+import eventlet
 import pytest
+from nameko.rpc import rpc
 
 from common.embedded import free_port
 from common.tokens import TokenIssuer
@@ -94,3 +97,47 @@ def test_metrics_count_requests_by_route_and_status_and_show_breakers(gateway):
     assert "http_request_duration_seconds_bucket" in text
     assert 'circuit_breaker_state{service="orders"} 0.0' in text
     assert 'rpc_queue_depth{service="orders"} 0.0' in text
+
+
+class SlowOrders:
+    """Stands in for orders: as slow as the test says, then healthy again."""
+
+    name = "orders"
+    delay = {"seconds": 0.0}
+
+    @rpc
+    def list_products(self, **query):
+        eventlet.sleep(SlowOrders.delay["seconds"])
+        return {"items": [], "page": 1, "limit": 20, "total": 0}
+
+
+def test_a_slow_service_is_504_then_its_breaker_opens_and_closes_when_it_recovers(
+    run_services, shop_config
+):
+    SlowOrders.delay["seconds"] = 0
+    port = free_port()
+    config = dict(
+        shop_config,
+        WEB_SERVER_ADDRESS=f"127.0.0.1:{port}",
+        RPC_TIMEOUT=0.5,
+        BREAKER_FAILURES=2,
+        BREAKER_RESET_SECONDS=1,
+    )
+    run_services(GatewayService, SlowOrders, config=config)
+    base = f"http://127.0.0.1:{port}"
+    assert call(base, "GET", "/api/products")[0] == 200
+
+    SlowOrders.delay["seconds"] = 2
+    for _ in range(2):
+        status, _, body = call(base, "GET", "/api/products")
+        assert (status, body["error"]) == (504, "UPSTREAM_TIMEOUT")
+    started = time.monotonic()
+    status, headers, body = call(base, "GET", "/api/products")
+    assert (status, body["error"]) == (503, "SERVICE_UNAVAILABLE")
+    assert time.monotonic() - started < 0.3  # refused at once, not after a timeout
+    assert headers["Retry-After"] == "1"
+
+    SlowOrders.delay["seconds"] = 0
+    time.sleep(1.1)  # the cool-down: the next call is the half-open trial
+    assert call(base, "GET", "/api/products")[0] == 200
+    assert call(base, "GET", "/api/products")[0] == 200
