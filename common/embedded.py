@@ -141,6 +141,8 @@ class _EmbeddedServer:
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        #: A throwaway directory ``_workdir`` made, removed once the server stopped.
+        self._tempdir: Path | None = None
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -158,6 +160,9 @@ class _EmbeddedServer:
 
     def _cleanup(self) -> None:
         """Remove what ``start`` created that must not outlive the server."""
+        if self._tempdir is not None and not self.running:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None
 
     def _stop_signal(self) -> signal.Signals:
         """The signal ``stop()`` sends first."""
@@ -361,11 +366,6 @@ class EmbeddedRedis(_EmbeddedServer):
         finally:
             client.close()
 
-    def _cleanup(self) -> None:
-        if self._tempdir is not None and not self.running:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-            self._tempdir = None
-
 
 class EmbeddedMongo(_EmbeddedServer):
     """A SecantusDB MongoDB-wire-protocol server (WiredTiger storage) in a child process.
@@ -456,11 +456,6 @@ class EmbeddedMongo(_EmbeddedServer):
             return None
         finally:
             client.close()
-
-    def _cleanup(self) -> None:
-        if self._tempdir is not None and not self.running:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-            self._tempdir = None
 
 
 def resolve_broker_url(
