@@ -8,10 +8,13 @@ cannot tell the difference. Why SecantusDB: ``docs/embedded-servers.md``.
 
 Each server runs in a child process that dies with its parent: ``stop()``
 terminates it, an ``atexit`` hook stops it on normal interpreter exit, and on
-Linux the child asks the kernel for SIGTERM when the thread that started it
+Linux the child asks the kernel for SIGKILL when the thread that started it
 dies (``PR_SET_PDEATHSIG``), so even a ``kill -9`` of the parent leaves no
-orphan. Start servers from a long-lived thread (normally the main thread):
-the kernel ties the signal to the starting thread, not to the process.
+orphan. SIGKILL, not SIGTERM: SecantusDB's clean shutdown can hang with
+nobody left to wait for it, and neither server loses data to it (Redis keeps
+nothing; a Mongo that keeps data syncs every commit). Start servers from a
+long-lived thread (normally the main thread): the kernel ties the signal to
+the starting thread, not to the process.
 
 ``resolve_broker_url`` and ``resolve_mongo_uri`` decide, for the run command,
 whether to use a configured server, one already on this machine, or an
@@ -53,14 +56,14 @@ MONGO_URI_ENV_VAR = "MONGO_URI"
 REDIS_URL_TEMPLATE = "redis://{host}:{port}/0"
 MONGO_URI_TEMPLATE = "mongodb://{host}:{port}"
 
-#: Launcher run by ``python -I -S -c``: asks for SIGTERM when the parent thread
+#: Launcher run by ``python -I -S -c``: asks for SIGKILL when the parent thread
 #: dies, exits if the parent is already gone, then becomes the server (the
 #: death signal survives ``execv``). Linux only; elsewhere it just execs.
 _DIE_WITH_PARENT = """\
 import ctypes, os, signal, sys
 PR_SET_PDEATHSIG = 1
 try:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 except (OSError, AttributeError):
     pass
 if os.getppid() != int(sys.argv[1]):
