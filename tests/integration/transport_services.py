@@ -125,17 +125,10 @@ class PoolA:
         self.record("solo", n=payload["n"])
 
 
-class PoolB:
+class PoolB(PoolA):
+    """PoolA's handlers under another service name, plus one for ``crash`` events."""
+
     name = "pool_b"
-    record = Recorder()
-
-    @event_handler("emitter", "tick", handler_type=SERVICE_POOL)
-    def on_tick(self, payload):
-        self.record("tick", n=payload["n"])
-
-    @event_handler("emitter", "solo", handler_type=SINGLETON)
-    def on_solo(self, payload):
-        self.record("solo", n=payload["n"])
 
     @event_handler("emitter", "crash", handler_type=SERVICE_POOL)
     def on_crash(self, payload):
