@@ -7,21 +7,17 @@ process (the tests) do not collide. Breaker states and RPC queue depths are read
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 
-from kombu import Connection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from common.queues import rpc_queue_depths
 from gateway.breaker import STATE_VALUES, CircuitBreaker
 from gateway.routes import Route
 
-log = logging.getLogger(__name__)
-
 #: Seconds buckets: RPC round trips are milliseconds, timeouts are seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-RPC_QUEUE_TEMPLATE = "rpc-{}"
 
 
 class GatewayMetrics:
@@ -61,20 +57,4 @@ class GatewayMetrics:
 
     def rpc_queue_depths(self) -> dict[str, int]:
         """Messages waiting in ``rpc-<service>`` for every downstream service."""
-        depths: dict[str, int] = {}
-        try:
-            with Connection(self.amqp_uri) as conn:
-                channel = conn.default_channel
-                for name in self.breakers:
-                    queue = RPC_QUEUE_TEMPLATE.format(name)
-                    if hasattr(channel, "_size"):  # Redis: the list's length
-                        depths[name] = channel._size(queue)
-                        continue
-                    try:
-                        depths[name] = channel.queue_declare(queue, passive=True).message_count
-                    except Exception:  # the queue does not exist (yet): nothing waits
-                        depths[name] = 0
-                        channel = conn.channel()  # AMQP closes a channel on a 404
-        except Exception:
-            log.warning("could not read RPC queue depths", exc_info=True)
-        return depths
+        return rpc_queue_depths(self.amqp_uri, self.breakers)

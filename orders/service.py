@@ -25,6 +25,7 @@ from common.errors import Forbidden, NotFound, OrderNotModifiable, ShopError, Va
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
+from common.ops_http import OpsEndpoints
 from orders.domain import (
     DEMO_CATALOG,
     PENDING,
@@ -68,7 +69,7 @@ ORDER_EXPIRED = "order_expired"
 ORDER_PAYMENT_REJECTED = "order_payment_rejected"
 
 
-class OrdersService:
+class OrdersService(OpsEndpoints):
     name = "orders"
     request_context = RequestContext()
     store = OrdersDatabase(DEMO_CATALOG)

@@ -40,6 +40,7 @@ from common.health import health_report
 from common.logs import RequestContext
 from common.money import parse_cents
 from common.mongo import Mongo
+from common.ops_http import OpsEndpoints
 from common.tokens import check_secret_for_environment
 from payments.card_network import CardNetworkProvider
 from payments.domain import (
@@ -77,7 +78,7 @@ IN_PROGRESS_RETRY_AFTER = 1
 OUTBOX_RELAY_INTERVAL = 5
 
 
-class PaymentsService:
+class PaymentsService(OpsEndpoints):
     name = "payments"
     request_context = RequestContext()
     db = Mongo("payments", indexes=INDEXES)

@@ -23,6 +23,7 @@ from common.errors import (
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
+from common.ops_http import OpsEndpoints
 from common.tokens import REFRESH_TOKEN, REFRESH_TOKEN_TTL, TokenPair
 from users.dependencies import Passwords, UsersAuth, UsersDatabase
 from users.domain import (
@@ -54,7 +55,7 @@ def _at(epoch_seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch_seconds, UTC)
 
 
-class UsersService:
+class UsersService(OpsEndpoints):
     name = "users"
     request_context = RequestContext()
     store = UsersDatabase()

@@ -130,6 +130,11 @@ def test_repository_config_defaults(monkeypatch):
         "payments": "shop_payments",
     }
     assert config["WEB_SERVER_ADDRESS"] == "0.0.0.0:3000"
+    assert config["OPS_HTTP_ADDRESSES"] == {
+        "users": "0.0.0.0:3001",
+        "orders": "0.0.0.0:3002",
+        "payments": "0.0.0.0:3003",
+    }
     assert config["RPC_TIMEOUT"] == 5
 
 

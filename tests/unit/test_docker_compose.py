@@ -88,6 +88,15 @@ def test_only_the_gateway_publishes_ports(compose):
     assert published == {"gateway"}
 
 
+@pytest.mark.parametrize("name", ("users", "orders", "payments"))
+def test_services_expose_their_ops_port_from_config(compose, name, monkeypatch):
+    from common.config import load_config
+
+    monkeypatch.delenv(f"{name.upper()}_HTTP_ADDRESS", raising=False)
+    port = load_config(REPO_ROOT / "config.yml")["OPS_HTTP_ADDRESSES"][name].rsplit(":", 1)[1]
+    assert compose["services"][name]["expose"] == [port]
+
+
 @pytest.mark.parametrize("name", [*SERVICES, "redis", "mongo"])
 def test_every_container_has_a_healthcheck(compose, name):
     test = compose["services"][name]["healthcheck"]["test"]
