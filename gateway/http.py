@@ -8,6 +8,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from common.errors import BadRequest, PayloadTooLarge, ShopError
+from common.logs import new_request_id
 
 #: Bodies larger than this are refused with 413 (config ``GATEWAY_MAX_BODY_BYTES``).
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -26,6 +27,8 @@ def read_json_object(request: Request, limit: int = DEFAULT_MAX_BODY_BYTES) -> d
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequest("The body is not valid JSON.") from None
+    except RecursionError:
+        raise BadRequest("The body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.")
     return body
@@ -45,6 +48,13 @@ def client_request_id(request: Request) -> str | None:
     if value and len(value) <= MAX_REQUEST_ID_LENGTH and value.isprintable():
         return value
     return None
+
+
+def with_request_id(request: Request, response: Response) -> Response:
+    """``response`` with the client's ``X-Request-ID`` or a new one, for the routes that
+    do not go through the edge (API.md: every response carries it)."""
+    response.headers[REQUEST_ID_HEADER] = client_request_id(request) or new_request_id()
+    return response
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -15,7 +15,7 @@ from common.errors import MethodNotAllowed, NotFound
 from common.logs import RequestContext
 from gateway import routes as R
 from gateway.edge import DOWNSTREAM_SERVICES, Call, Edge
-from gateway.http import json_response
+from gateway.http import json_response, with_request_id
 from gateway.openapi import openapi_document
 from gateway.readiness import PROBE_TIMEOUT, check_readiness
 
@@ -176,18 +176,18 @@ class GatewayService:
     @http("GET", "/health")
     def health(self, request: Request):
         """200 while this process is up; it asks nothing else."""
-        return json_response({"status": "ok"})
+        return with_request_id(request, json_response({"status": "ok"}))
 
     @http("GET", "/api/openapi.json")
     def openapi(self, request: Request):
         """The OpenAPI 3 document of every /api route."""
-        return json_response(openapi_document())
+        return with_request_id(request, json_response(openapi_document()))
 
     @http("GET", "/metrics")
     def metrics(self, request: Request):
         """Prometheus text: requests, latency, breaker states, RPC queue depths."""
         metrics = self.edge.edge.metrics
-        return Response(metrics.render(), mimetype=metrics.content_type)
+        return with_request_id(request, Response(metrics.render(), mimetype=metrics.content_type))
 
     @http("GET", "/ready")
     def ready(self, request: Request):
@@ -202,7 +202,7 @@ class GatewayService:
             "components": components,
             "breakers": breakers,
         }
-        return json_response(body, status=200 if ready else 503)
+        return with_request_id(request, json_response(body, status=200 if ready else 503))
 
     def _health_probe(self, service: str):
         proxy = getattr(self, service)

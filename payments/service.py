@@ -115,7 +115,14 @@ class PaymentsService(OpsEndpoints):
                 return replayed
 
         order = self._callers_order(request["order_id"], caller.user_id)
-        ensure_payable(order["status"])
+        try:
+            ensure_payable(order["status"])
+        except OrderAlreadyPaid:
+            # A duplicate of this request may have paid it since the look-up above.
+            replayed = _replay(store, scope, fingerprint) if scope is not None else None
+            if replayed is not None:
+                return replayed
+            raise
         ensure_amount_matches(parse_cents(order["total"]), request["amount_cents"])
 
         now = _now()
@@ -147,13 +154,13 @@ class PaymentsService(OpsEndpoints):
 
     @rpc(expected_exceptions=ShopError)
     def get_payment(self, payment_id: Any) -> dict:
-        """One payment: the caller's own (an admin's: any), else 404."""
+        """One payment: the caller's own (an admin's: any), else 404, as for an id no
+        payment can have (API.md: an unknown id is 404)."""
         caller = self.auth.require()
-        if not isinstance(payment_id, str) or not 1 <= len(payment_id) <= ID_MAX_LENGTH:
-            raise ValidationFailed.for_field(
-                "paymentId", f"Must be a string of 1 to {ID_MAX_LENGTH} characters."
-            )
-        payment = PaymentStore(self.db).get(payment_id)
+        if not isinstance(payment_id, str):
+            raise ValidationFailed.for_field("paymentId", "Must be a string.")
+        possible = 1 <= len(payment_id) <= ID_MAX_LENGTH
+        payment = PaymentStore(self.db).get(payment_id) if possible else None
         if payment is None or (payment.user_id != caller.user_id and not caller.is_admin):
             raise NotFound("No such payment.", {"paymentId": payment_id})
         return PaymentSchema().dump(payment)

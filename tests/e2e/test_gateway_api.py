@@ -5,59 +5,11 @@ Mongo-wire server underneath."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
-from common.embedded import free_port
-from gateway.service import GatewayService
-from orders.service import OrdersService
-from payments.service import PaymentsService
-from tests.support import http_json
-from users.service import UsersService
-
-ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
-CARD = {"number": "4111111111111111", "expiry": "12/30", "cvv": "123"}
-
-
-class Api:
-    def __init__(self, base: str):
-        self.base = base
-
-    def __call__(self, method, path, body=None, token=None, headers=None):
-        return http_json(method, self.base + path, body, token, headers)
-
-    def customer(self) -> tuple[str, str]:
-        email = f"e2e-{uuid.uuid4().hex[:8]}@Example.com"
-        status, _, _ = self(
-            "POST",
-            "/api/users/register",
-            {"email": email, "password": "password123", "name": "E2E"},
-        )
-        assert status == 201
-        status, _, tokens = self(
-            "POST", "/api/users/login", {"email": email.upper(), "password": "password123"}
-        )
-        assert status == 200
-        return tokens["accessToken"], tokens["refreshToken"]
-
-
-@pytest.fixture
-def api(run_services, shop_config):
-    port = free_port()
-    config = dict(shop_config, WEB_SERVER_ADDRESS=f"127.0.0.1:{port}")
-    run_services(UsersService, OrdersService, PaymentsService, GatewayService, config=config)
-    return Api(f"http://127.0.0.1:{port}")
-
-
-def wait_for_status(api, token, order_id, status, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        _, _, order = api("GET", f"/api/orders/{order_id}", token=token)
-        if order["status"] == status or time.monotonic() > deadline:
-            return order
-        time.sleep(0.05)
+from tests.e2e.conftest import ADDRESS, CARD, wait_for_status
 
 
 def test_the_design_documents_three_curl_examples(api):

@@ -485,10 +485,13 @@ def test_bad_input_is_refused_with_field_details_and_writes_nothing(shop, rpc, t
             pay(payment_body(order_id, expiry="12/25"))
         assert set(expired.value.details) == {"cardDetails.expiry"}
 
-        for payment_id in (None, 42, "", "x" * 65):
+        for payment_id in (None, 42):
             with pytest.raises(ValidationFailed) as error:
                 proxy.payments.get_payment(payment_id)
             assert set(error.value.details) == {"paymentId"}
+        for payment_id in ("", "x" * 65):
+            with pytest.raises(NotFound):
+                proxy.payments.get_payment(payment_id)
         for kwargs, field in [
             ({"page": 0}, "page"),
             ({"page": "two"}, "page"),

@@ -279,6 +279,20 @@ def test_a_duplicate_waits_for_the_request_in_progress(service, store, network):
     assert network.charges == []
 
 
+def test_a_duplicate_that_finds_the_order_paid_by_its_first_request_gets_its_answer(
+    service, store, network
+):
+    store.find_by_idempotency_scope.side_effect = [
+        None,  # not there at first; by the time the order is read, the first paid it
+        (fingerprint_of(body()), payment()),
+    ]
+    service.orders.get_order.return_value = order(status="paid")
+    answer = service.process_payment(body(), idempotency_key="key-1")
+    assert answer["id"] == "pay-1" and answer["status"] == "completed"
+    store.start_attempt.assert_not_called()
+    assert network.charges == []
+
+
 def test_a_duplicate_gives_up_waiting_after_a_bound(service, store, network, monkeypatch):
     monkeypatch.setattr(payments_service, "IN_PROGRESS_WAIT_SECONDS", 0.1)
     store.find_by_idempotency_scope.return_value = (
@@ -361,11 +375,18 @@ def test_another_users_payment_is_not_found_but_an_admin_sees_it(store, network)
     assert admin.get_payment("pay-1")["userId"] == "user-2"
 
 
-@pytest.mark.parametrize("payment_id", [None, 7, "", "x" * 65])
-def test_get_payment_refuses_a_bad_id(service, store, payment_id):
+@pytest.mark.parametrize("payment_id", [None, 7])
+def test_get_payment_refuses_an_id_that_is_not_a_string(service, store, payment_id):
     with pytest.raises(ValidationFailed) as error:
         service.get_payment(payment_id)
     assert set(error.value.details) == {"paymentId"}
+    store.get.assert_not_called()
+
+
+@pytest.mark.parametrize("payment_id", ["", "x" * 65])
+def test_an_id_no_payment_can_have_is_not_found(service, store, payment_id):
+    with pytest.raises(NotFound):
+        service.get_payment(payment_id)
     store.get.assert_not_called()
 
 
