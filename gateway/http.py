@@ -68,4 +68,6 @@ def error_response(error: ShopError, headers: dict[str, str] | None = None) -> R
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
+    if error.http_status == 405 and "allowed" in error.details:
+        headers["Allow"] = ", ".join(error.details["allowed"])  # RFC 9110 requires it on 405
     return json_response(error.to_body(), status=error.http_status, headers=headers)

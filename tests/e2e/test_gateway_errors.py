@@ -194,8 +194,10 @@ def test_routing_then_authentication_then_roles_come_before_any_body_or_state(ap
         assert_error(api(method, path, headers={"Authorization": "Bearer x"}), 404, "NOT_FOUND")
 
     for method, path, allowed in WRONG_METHODS:
-        body = assert_error(api(method, path, raw=b"{{"), 405, "METHOD_NOT_ALLOWED")
+        response = api(method, path, raw=b"{{")
+        body = assert_error(response, 405, "METHOD_NOT_ALLOWED")
         assert body["details"]["allowed"] == allowed, (method, path)
+        assert response[1]["Allow"] == ", ".join(allowed), (method, path)
 
     for path, content_type in OPERATIONS:
         status, headers, _ = get(api, path, {"X-Request-ID": "ops-check-1"})

@@ -35,3 +35,12 @@ def test_a_response_carries_the_clients_request_id_or_a_new_one():
     assert tagged.headers["X-Request-ID"] == "abc-1"
     fresh = with_request_id(request(), Response()).headers["X-Request-ID"]
     assert fresh and fresh != with_request_id(request(), Response()).headers["X-Request-ID"]
+
+
+def test_a_405_names_the_allowed_methods_in_the_allow_header():
+    from common.errors import MethodNotAllowed
+    from gateway.http import error_response
+
+    response = error_response(MethodNotAllowed("No.", {"allowed": ["GET", "POST"]}))
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, POST"
