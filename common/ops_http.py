@@ -190,12 +190,17 @@ class OpsEndpoints:
     @ops_http(ALL_METHODS, "/")
     @ops_http(ALL_METHODS, "/<path:path>")
     def http_unknown(self, request: Request, path: str = "") -> Response:
+        headers = {}
         if request.path in OPS_ROUTES:
             error: ShopError = MethodNotAllowed(
                 f"{request.method} is not allowed on {request.path}.", {"allowed": ["GET"]}
             )
+            headers["Allow"] = "GET"
         else:
             error = NotFound(f"No route {request.path}.")
         return Response(
-            json.dumps(error.to_body()), status=error.http_status, mimetype="application/json"
+            json.dumps(error.to_body()),
+            status=error.http_status,
+            headers=headers,
+            mimetype="application/json",
         )

@@ -135,3 +135,4 @@ def test_other_requests_get_json_errors(services, method, path, status, code):
     assert got == status
     assert headers["Content-Type"] == "application/json"
     assert body["error"] == code and body["message"]
+    assert headers.get("Allow") == ("GET" if status == 405 else None)
