@@ -13,9 +13,11 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from common.errors import ERRORS_BY_CODE
-from common.money import Money
+from common.money import MAX_CENTS, Money, cents_to_number
 from common.schema_fields import PageQuerySchema, UtcTimestamp
+from common.tokens import ROLES, TOKEN_TYPE_BEARER
 from gateway import routes as R
+from orders.domain import ORDER_STATUSES
 from orders.schemas import (
     CreateOrderSchema,
     CreateProductSchema,
@@ -24,6 +26,12 @@ from orders.schemas import (
     ProductSchema,
     UpdateOrderSchema,
     UpdateProductSchema,
+)
+from payments.domain import (
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    PAYMENT_METHODS,
+    PAYMENT_STATUSES,
 )
 from payments.schemas import PaymentListQuerySchema, PaymentSchema, ProcessPaymentSchema
 from users.schemas import (
@@ -86,6 +94,47 @@ ROUTE_SCHEMAS: dict[str, tuple[Any, Any, Any]] = {
     "get_payment": (None, None, PaymentSchema),
 }
 
+_ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
+#: route name -> an example body: the design document's curl examples (with a card that has
+#: not expired), a login and a product.
+ROUTE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "register": {"email": "user@example.com", "password": "password123", "name": "John Doe"},
+    "login": {"email": "user@example.com", "password": "password123"},
+    "create_product": {"name": "Coffee mug", "price": 12.5, "stock": 100},
+    "create_order": {
+        "items": [{"productId": "product-1", "quantity": 2, "price": 29.99}],
+        "shippingAddress": _ADDRESS,
+    },
+    "create_payment": {
+        "orderId": "order-123",
+        "amount": 59.98,
+        "paymentMethod": "credit_card",
+        "cardDetails": {"number": "4111111111111111", "expiry": "12/30", "cvv": "123"},
+    },
+}
+
+#: The objects the API returns have every field, always (API.md), except these.
+OPTIONAL_RESPONSE_FIELDS = {"Payment": {"failureReason"}}
+RESPONSE_OBJECTS = ("Profile", "Product", "Order", "OrderLine", "Payment", "CardSummary")
+#: (object, field) -> the values API.md allows there; internal states never leave a service.
+RESPONSE_ENUMS = {
+    ("Profile", "role"): sorted(ROLES),
+    ("TokenPair", "tokenType"): [TOKEN_TYPE_BEARER],
+    ("Order", "status"): list(ORDER_STATUSES),
+    ("Payment", "status"): list(PAYMENT_STATUSES),
+    ("Payment", "paymentMethod"): list(PAYMENT_METHODS),
+}
+#: Change bodies that must change something (their schemas' ``@validates_schema``).
+NON_EMPTY_BODIES = ("UpdateOrder", "UpdateProduct")
+#: payments.domain.validate_idempotency_key: 1 to 255 printable ASCII characters, no
+#: surrounding spaces (an ECMA 262 pattern, as OpenAPI's are).
+IDEMPOTENCY_KEY_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
+    "pattern": r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
+}
+
 _STATUS_TEXT = {
     200: "OK", 201: "Created", 204: "No content", 400: "Bad request", 401: "Unauthorized",
     402: "Payment declined", 403: "Forbidden", 404: "Not found", 409: "Conflict",
@@ -101,6 +150,8 @@ def _openapi_path(rule: str) -> tuple[str, list[str]]:
 
 def _error_statuses(route: R.Route) -> list[int]:
     statuses = [429, 500, 503, 504]
+    if ROUTE_SCHEMAS[route.name][1] is not None:
+        statuses.append(422)  # a query parameter that fails validation
     if route.access != R.PUBLIC:
         statuses.append(401)
     if route.access == R.ADMIN or route is R.UPDATE_ORDER:
@@ -109,11 +160,39 @@ def _error_statuses(route: R.Route) -> list[int]:
         statuses += [400, 413, 422]
     if "{" in _openapi_path(route.path)[0] or route.has_body:
         statuses += [404, 409]
-    if route in (R.LOGIN,):
-        statuses.append(401)
+    if route in (R.LOGIN, R.REFRESH):
+        statuses.append(401)  # wrong credentials; a bad, expired or rotated refresh token
     if route is R.CREATE_PAYMENT:
         statuses.append(402)
     return sorted(set(statuses))
+
+
+def _money_range(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    """Money's bounds (common.money): not negative (nor 0 where refused), at most MAX_CENTS."""
+    if not isinstance(field, Money):
+        return {}
+    bounds: dict[str, Any] = {
+        "description": "A JSON number with at most two decimals.",
+        "minimum": 0,
+        "maximum": cents_to_number(MAX_CENTS),
+    }
+    if not field.allow_zero:
+        bounds["exclusiveMinimum"] = True
+    return bounds
+
+
+def _describe_what_marshmallow_cannot(schemas: dict[str, Any]) -> None:
+    """What API.md promises that the schemas' fields alone do not say."""
+    for name in RESPONSE_OBJECTS:
+        schema = schemas[name]
+        schema["required"] = sorted(
+            set(schema["properties"]) - OPTIONAL_RESPONSE_FIELDS.get(name, set())
+        )
+    for name in NON_EMPTY_BODIES:
+        schemas[name]["minProperties"] = 1
+    for (name, field), values in RESPONSE_ENUMS.items():
+        schemas[name]["properties"][field]["enum"] = values
+    schemas["Error"]["properties"]["error"]["enum"] = sorted(ERRORS_BY_CODE)
 
 
 @cache
@@ -129,9 +208,9 @@ def openapi_document() -> dict[str, Any]:
     # Field types are mapped once the plugin is bound to the spec.
     plugin.map_to_openapi_type(Money, "number", None)
     plugin.map_to_openapi_type(UtcTimestamp, "string", "date-time")
+    plugin.converter.add_attribute_function(_money_range)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.schema("Error", schema=ErrorSchema)
-    error_codes = sorted(ERRORS_BY_CODE)
 
     by_path: dict[str, dict[str, Any]] = {}
     for route in R.API_ROUTES:
@@ -150,13 +229,13 @@ def openapi_document() -> dict[str, Any]:
             operation["parameters"].append({"in": "query", "schema": query})
         if route is R.CREATE_PAYMENT:
             operation["parameters"].append(
-                {"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}}
+                {"in": "header", "name": IDEMPOTENCY_KEY_HEADER, "schema": IDEMPOTENCY_KEY_SCHEMA}
             )
         if body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": body}},
-            }
+            content: dict[str, Any] = {"schema": body}
+            if route.name in ROUTE_EXAMPLES:
+                content["example"] = ROUTE_EXAMPLES[route.name]
+            operation["requestBody"] = {"required": True, "content": {"application/json": content}}
         if route.access != R.PUBLIC:
             operation["security"] = [{"bearer": []}]
         success: dict[str, Any] = {"description": _STATUS_TEXT[route.status]}
@@ -172,5 +251,5 @@ def openapi_document() -> dict[str, Any]:
     for path, operations in by_path.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
-    document["components"]["schemas"]["Error"]["properties"]["error"]["enum"] = error_codes
+    _describe_what_marshmallow_cannot(document["components"]["schemas"])
     return document

@@ -22,7 +22,8 @@ from orders.domain import (
 )
 
 ID_MAX_LENGTH = 64
-PRODUCT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"
+#: A product id: a letter or digit, then up to 63 letters, digits, "_" or "-".
+PRODUCT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 MAX_STOCK = 1_000_000
 
 
@@ -131,7 +132,11 @@ def _stock(**kwargs: Any) -> fields.Integer:
 class CreateProductSchema(Schema):
     """An admin's new product; without ``id`` the service makes one."""
 
-    id = fields.String(validate=validate.Regexp(PRODUCT_ID_PATTERN))
+    id = fields.String(
+        validate=validate.Regexp(PRODUCT_ID_PATTERN + r"\Z"),
+        # OpenAPI's patterns are ECMA 262, which has no \Z (and matches anywhere unanchored).
+        metadata={"pattern": f"^{PRODUCT_ID_PATTERN}$"},
+    )
     name = _text(200, required=True)
     price_cents = Money(data_key="price", required=True, allow_zero=False)
     stock = _stock(required=True)

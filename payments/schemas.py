@@ -37,10 +37,29 @@ def _format_check(error_of: Callable[[Any], str | None]) -> Callable[[Any], None
     return check
 
 
+#: payments.domain's format checks as the OpenAPI document states them (ECMA 262): 12 to
+#: 19 digits with spaces or hyphens between them, MM/YY, 3 or 4 digits.
+CARD_NUMBER_PATTERN = r"^[ -]*(?:[0-9][ -]*){12,19}$"
+CARD_EXPIRY_PATTERN = r"^(?:0[1-9]|1[0-2])/[0-9]{2}$"
+CARD_CVV_PATTERN = r"^[0-9]{3,4}$"
+
+
 class CardDetailsSchema(Schema):
-    number = fields.String(required=True, validate=_format_check(number_format_error))
-    expiry = fields.String(required=True, validate=_format_check(expiry_format_error))
-    cvv = fields.String(required=True, validate=_format_check(cvv_format_error))
+    number = fields.String(
+        required=True,
+        validate=_format_check(number_format_error),
+        metadata={"pattern": CARD_NUMBER_PATTERN},
+    )
+    expiry = fields.String(
+        required=True,
+        validate=_format_check(expiry_format_error),
+        metadata={"pattern": CARD_EXPIRY_PATTERN},
+    )
+    cvv = fields.String(
+        required=True,
+        validate=_format_check(cvv_format_error),
+        metadata={"pattern": CARD_CVV_PATTERN},
+    )
 
 
 class ProcessPaymentSchema(Schema):
