@@ -167,7 +167,9 @@ class Mongo(DependencyProvider):
     def get_dependency(self, worker_ctx: Any) -> Database:
         """The service's database, shared by all workers of this container."""
         if self.database is None:
-            raise MongoConnectionError(f"Mongo({self.key!r}) is not started")
+            raise MongoConnectionError(
+                f"Mongo({self.key!r}) is not started (worker of {worker_ctx.entrypoint!r})"
+            )
         return self.database
 
     def _close(self) -> None:

@@ -75,7 +75,8 @@ def _once(module: ModuleType, fix: str = "") -> bool:
 
 
 def fix_service_container(containers: ModuleType) -> None:
-    """Service containers normalize (a copy of) their config first."""
+    """Service containers normalize (a copy of) their config first, and start their
+    dependencies before anything that can start a worker."""
     if not _once(containers):
         return
     original_init = containers.ServiceContainer.__init__
@@ -84,7 +85,19 @@ def fix_service_container(containers: ModuleType) -> None:
     def __init__(self, service_cls, config, *args, **kwargs):
         original_init(self, service_cls, normalize_config(config), *args, **kwargs)
 
+    def start(self) -> None:
+        # Nameko starts every extension at once. A request already waiting in the queue
+        # (callers of a restarted service) then reaches a worker before a dependency's
+        # start() has run, say before the Mongo client exists; the worker fails while
+        # its dependencies are injected, and that kills the whole container.
+        self.started = True
+        with containers._log_time("started %s", self):
+            self.extensions.all.setup()
+            self.dependencies.all.start()
+            containers.SpawningSet(self.extensions - self.dependencies).all.start()
+
     containers.ServiceContainer.__init__ = __init__
+    containers.ServiceContainer.start = start
 
 
 def fix_standalone_rpc(standalone_rpc: ModuleType) -> None:
