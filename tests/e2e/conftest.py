@@ -63,3 +63,22 @@ def wait_for_status(api, token, order_id, status, timeout=2.0):
         if order["status"] == status or time.monotonic() > deadline:
             return order
         time.sleep(0.05)
+
+
+ERROR_KEYS = {"error", "message", "details"}
+
+
+def assert_error(response, status: int, code: str, fields: set[str] | None = None) -> dict:
+    """``response`` is the contract's error: its status and code, ``{error, message,
+    details}``, a request id, and for a 422 exactly ``fields`` in ``details``."""
+    got, headers, body = response
+    assert (got, (body or {}).get("error")) == (status, code), body
+    assert set(body) == ERROR_KEYS, body
+    assert isinstance(body["message"], str) and body["message"]
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Request-ID"]
+    if fields is not None:
+        assert set(body["details"]) == fields, body["details"]
+        for messages in body["details"].values():
+            assert messages and all(isinstance(m, str) and m for m in messages), messages
+    return body

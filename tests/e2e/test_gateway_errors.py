@@ -17,14 +17,13 @@ import eventlet
 import pytest
 
 from common.tokens import TokenIssuer
-from tests.e2e.conftest import ADDRESS, CARD, wait_for_status
+from tests.e2e.conftest import ADDRESS, CARD, assert_error, wait_for_status
 from tests.fixtures.services import TEST_JWT_SECRET
 from tests.support import wait_for
 
 #: For a test whose outcome does not depend on the broker.
 REDIS_ONLY = pytest.mark.parametrize("broker", ["redis"], indirect=True)
 
-ERROR_KEYS = {"error", "message", "details"}
 TOO_LARGE = b'{"name": "' + b"x" * (65 * 1024) + b'"}'
 PROFILE_KEYS = {"id", "email", "name", "role", "createdAt"}
 ORDER_KEYS = {
@@ -36,22 +35,6 @@ PAYMENT_KEYS = {
     "id", "orderId", "userId", "amount", "status", "paymentMethod", "card",
     "createdAt", "updatedAt",
 }  # fmt: skip
-
-
-def assert_error(response, status: int, code: str, fields: set[str] | None = None) -> dict:
-    """``response`` is the contract's error: its status and code, ``{error, message,
-    details}``, a request id, and for a 422 exactly ``fields`` in ``details``."""
-    got, headers, body = response
-    assert (got, (body or {}).get("error")) == (status, code), body
-    assert set(body) == ERROR_KEYS, body
-    assert isinstance(body["message"], str) and body["message"]
-    assert headers["Content-Type"] == "application/json"
-    assert headers["X-Request-ID"]
-    if fields is not None:
-        assert set(body["details"]) == fields, body["details"]
-        for messages in body["details"].values():
-            assert messages and all(isinstance(m, str) and m for m in messages), messages
-    return body
 
 
 def login(api, email: str, password: str) -> dict:
