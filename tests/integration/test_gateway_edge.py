@@ -99,6 +99,18 @@ def test_metrics_count_requests_by_route_and_status_and_show_breakers(gateway):
     assert 'rpc_queue_depth{service="orders"} 0.0' in text
 
 
+def quick_breaker_config(shop_config: dict, port: int) -> dict:
+    """A gateway on ``port`` whose calls time out in 0.5 s and whose breakers open after
+    two failures and try again after 1 s."""
+    return dict(
+        shop_config,
+        WEB_SERVER_ADDRESS=f"127.0.0.1:{port}",
+        RPC_TIMEOUT=0.5,
+        BREAKER_FAILURES=2,
+        BREAKER_RESET_SECONDS=1,
+    )
+
+
 class SlowOrders:
     """Stands in for orders: as slow as the test says, then healthy again."""
 
@@ -116,13 +128,7 @@ def test_a_slow_service_is_504_then_its_breaker_opens_and_closes_when_it_recover
 ):
     SlowOrders.delay["seconds"] = 0
     port = free_port()
-    config = dict(
-        shop_config,
-        WEB_SERVER_ADDRESS=f"127.0.0.1:{port}",
-        RPC_TIMEOUT=0.5,
-        BREAKER_FAILURES=2,
-        BREAKER_RESET_SECONDS=1,
-    )
+    config = quick_breaker_config(shop_config, port)
     run_services(GatewayService, SlowOrders, config=config)
     base = f"http://127.0.0.1:{port}"
     assert call(base, "GET", "/api/products")[0] == 200
@@ -150,13 +156,7 @@ def test_a_stopped_service_trips_its_breaker_and_is_served_again_when_it_returns
     from users.service import UsersService
 
     port = free_port()
-    config = dict(
-        shop_config,
-        WEB_SERVER_ADDRESS=f"127.0.0.1:{port}",
-        RPC_TIMEOUT=0.5,
-        BREAKER_FAILURES=2,
-        BREAKER_RESET_SECONDS=1,
-    )
+    config = quick_breaker_config(shop_config, port)
     _, orders, _ = run_services(GatewayService, OrdersService, UsersService, config=config)
     base = f"http://127.0.0.1:{port}"
     assert call(base, "GET", "/api/products")[0] == 200
