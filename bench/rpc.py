@@ -265,7 +265,46 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) process ``pid`` has used so far; ``None``: unknown.
+
+    Read from ``/proc``, so Linux only. CPU per call is what separates the
+    paths on a shared machine, where calls/s swing with everybody's load.
+    """
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Fields after the command name, which may hold spaces: utime, stime are 14, 15.
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuClock:
+    """CPU time of this process (the client) and of the service, from one moment on."""
+
+    service_pid: int | None
+    client_started: float = field(init=False)
+    service_started: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client_started = time.process_time()
+        self.service_started = process_cpu_seconds(self.service_pid)
+
+    def per_call_ms(self, calls: int) -> dict[str, float | None]:
+        """CPU ms per call since the start, of the client and of the service."""
+        client = (time.process_time() - self.client_started) / calls * 1000
+        service_now = process_cpu_seconds(self.service_pid)
+        service = None
+        if service_now is not None and self.service_started is not None:
+            service = (service_now - self.service_started) / calls * 1000
+        return {"client_cpu_ms": client, "service_cpu_ms": service}
+
+
+def summary(latencies: list[float], elapsed: float, cpu: CpuClock) -> dict[str, Any]:
     ordered = sorted(latencies)
     return {
         "calls": len(ordered),
@@ -273,19 +312,24 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
         "calls_per_s": len(ordered) / elapsed,
         "p50_ms": percentile(ordered, 0.50) * 1000,
         "p99_ms": percentile(ordered, 0.99) * 1000,
+        **cpu.per_call_ms(len(ordered)),
     }
 
 
-def measure_sequential(proxy_factory: Callable[[], Any], calls: int, warmup: int) -> dict:
+def measure_sequential(
+    proxy_factory: Callable[[], Any], calls: int, warmup: int, service_pid: int | None
+) -> dict:
     with proxy_factory() as proxy:
         _timed_calls(proxy, warmup, [])
         latencies: list[float] = []
-        started = time.perf_counter()
+        cpu, started = CpuClock(service_pid), time.perf_counter()
         _timed_calls(proxy, calls, latencies)
-        return summary(latencies, time.perf_counter() - started)
+        return summary(latencies, time.perf_counter() - started, cpu)
 
 
-def measure_concurrent(proxy_factory: Callable[[], Any], calls: int, warmup: int) -> dict:
+def measure_concurrent(
+    proxy_factory: Callable[[], Any], calls: int, warmup: int, service_pid: int | None
+) -> dict:
     import eventlet
 
     shares = [calls // CONCURRENCY + (i < calls % CONCURRENCY) for i in range(CONCURRENCY)]
@@ -295,14 +339,14 @@ def measure_concurrent(proxy_factory: Callable[[], Any], calls: int, warmup: int
         pool = eventlet.GreenPool(CONCURRENCY)
         _wait_all([pool.spawn(_timed_calls, proxy, warmup_share, []) for proxy in proxies])
         latencies: list[float] = []
-        started = time.perf_counter()
+        cpu, started = CpuClock(service_pid), time.perf_counter()
         _wait_all(
             [
                 pool.spawn(_timed_calls, proxy, n, latencies)
                 for proxy, n in zip(proxies, shares, strict=True)
             ]
         )
-        return summary(latencies, time.perf_counter() - started)
+        return summary(latencies, time.perf_counter() - started, cpu)
 
 
 def _wait_all(threads: list[Any]) -> None:
@@ -339,7 +383,7 @@ def run_client(args: argparse.Namespace) -> int:
     }
     for workload, measure in zip(WORKLOADS, (measure_sequential, measure_concurrent), strict=True):
         try:
-            result[workload] = measure(service_proxy, args.calls, args.warmup)
+            result[workload] = measure(service_proxy, args.calls, args.warmup, args.service_pid)
         except Exception as exc:  # a failed call ends the workload, not the run
             result[workload] = {"error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(result), flush=True)
@@ -534,6 +578,7 @@ def run_once(children: Children, path: BrokerPath, run: int, args: argparse.Name
     )
     client_args = ["--service", service, "--calls", str(args.calls), "--warmup", str(args.warmup)]
     client_args += ["--call-timeout", str(args.call_timeout)]
+    client_args += ["--service-pid", str(server.process.pid)]
     interrupted = False
     try:
         wait_until_ready(server, SERVICE_START_TIMEOUT)
@@ -571,6 +616,14 @@ class PathResults:
             return None
         measured.sort(key=lambda m: m["calls_per_s"])
         return measured[(len(measured) - 1) // 2]
+
+    def median_cpu_ms(self, workload: str, role: str) -> float | None:
+        """Median over runs of ``role``'s (``client``/``service``) CPU ms per call."""
+        key = f"{role}_cpu_ms"
+        values = sorted(
+            run[workload][key] for run in self.runs if run[workload].get(key) is not None
+        )
+        return values[(len(values) - 1) // 2] if values else None
 
     def spread(self) -> str:
         """Every run's calls/s, in run order, to show how much they vary."""
@@ -640,6 +693,10 @@ def _short(workload: str, measured: dict) -> str:
     return f"{workload} {measured['calls_per_s']:.0f} calls/s"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def ratio(results: list[PathResults], top: str, bottom: str, workload: str) -> str:
     by_name = {result.path.name: result for result in results}
     if top not in by_name or bottom not in by_name:
@@ -656,7 +713,8 @@ def report(results: list[PathResults], args: argparse.Namespace) -> list[str]:
         f"RPC round trips: {args.calls} calls per workload after {args.warmup} warm-up calls, "
         f"{CONCURRENCY} callers in the concurrent one; median of {args.repeat} runs by calls/s",
         "",
-        f"{'path':<12} {'workload':<11} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}",
+        f"{'path':<12} {'workload':<11} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'CPU ms/call client/service':>27}",
     ]
     notes = []
     for result in results:
@@ -670,9 +728,12 @@ def report(results: list[PathResults], args: argparse.Namespace) -> list[str]:
             if median is None:
                 lines.append(f"{name:<12} {workload:<11} {'FAILED':>9}")
             else:
+                cpu = "/".join(
+                    _ms(result.median_cpu_ms(workload, role)) for role in ("client", "service")
+                )
                 lines.append(
                     f"{name:<12} {workload:<11} {median['calls_per_s']:>9.0f} "
-                    f"{median['p50_ms']:>8.2f} {median['p99_ms']:>8.2f}"
+                    f"{median['p50_ms']:>8.2f} {median['p99_ms']:>8.2f} {cpu:>27}"
                 )
             for error in result.errors(workload):
                 notes.append(f"{name} {workload}: {error}")
@@ -727,6 +788,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--path", choices=PATH_NAMES, help=argparse.SUPPRESS)
     parser.add_argument("--uri", default=os.environ.get(URI_ENV), help=argparse.SUPPRESS)
     parser.add_argument("--service", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--service-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.calls < CONCURRENCY or args.warmup < 0 or args.repeat < 1:
         parser.error(f"need --calls >= {CONCURRENCY}, --warmup >= 0 and --repeat >= 1")

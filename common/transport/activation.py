@@ -41,6 +41,12 @@ def _fix_nameko_rpc(module: ModuleType) -> None:
     nameko_fixes.fix_rpc_replies(module)
 
 
+def _fix_nameko_publish(module: ModuleType) -> None:
+    from common.transport import nameko_fixes
+
+    nameko_fixes.fix_producer_lookup(module)
+
+
 def _fix_nameko_standalone_rpc(module: ModuleType) -> None:
     from common.transport import nameko_fixes
 
@@ -57,6 +63,7 @@ HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "kombu.transport": _register_redis_transport,
     "nameko.containers": _fix_nameko_containers,
     "nameko.rpc": _fix_nameko_rpc,
+    "nameko.amqp.publish": _fix_nameko_publish,
     "nameko.standalone.rpc": _fix_nameko_standalone_rpc,
     "nameko.standalone.events": _fix_nameko_standalone_events,
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,9 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 from kombu.utils.objects import cached_property
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.transport.options import registered_transport_options
 
@@ -223,12 +227,12 @@ class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
         raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        with self.channel.conn_or_acquire() as client:
-            self.channel.script("append", APPEND_SCRIPT)(
-                keys=[self.unacked_index_key],
-                args=[delivery_tag, time.time(), raw, self.channel.full_key(self.unacked_key)],
-                client=client,
-            )
+        self.channel.run_script(
+            "append",
+            APPEND_SCRIPT,
+            keys=[self.unacked_index_key],
+            args=[delivery_tag, time.time(), raw, self.channel.full_key(self.unacked_key)],
+        )
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
@@ -252,12 +256,12 @@ class QoS(kombu_redis.QoS):
         return None
 
     def _remove_slot(self, delivery_tag: str) -> None:
-        with self.channel.conn_or_acquire() as client:
-            self.channel.script("ack", ACK_SCRIPT)(
-                keys=[self.unacked_index_key],
-                args=[delivery_tag, self.channel.full_key(self.unacked_key)],
-                client=client,
-            )
+        self.channel.run_script(
+            "ack",
+            ACK_SCRIPT,
+            keys=[self.unacked_index_key],
+            args=[delivery_tag, self.channel.full_key(self.unacked_key)],
+        )
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         now = time.monotonic()
@@ -379,6 +383,10 @@ class Channel(kombu_redis.Channel):
         self._no_ack_queues: set[str] = set()
         self._brpop_no_ack_only = False
         self._sync_client: Any = None
+        #: (pool, connection) that run_script uses; the lock is held while a
+        #: script's command and reply are on it.
+        self._script_connection: tuple[Any, Any] | None = None
+        self._script_connection_lock = threading.Lock()
         super().__init__(connection, **kwargs)
         self._bindings_swept_at = float("-inf")
         prefixes = self.ack_free_queue_prefixes or ()
@@ -397,13 +405,13 @@ class Channel(kombu_redis.Channel):
         own (each command borrows one from the channel's pool), so one per
         channel serves every green thread.
         """
-        if client:
-            yield client
-            return
+        yield client or self._commands_client()
+
+    def _commands_client(self) -> Any:
         cached = self._sync_client
         if cached is None or cached.connection_pool is not self.pool:
             cached = self._sync_client = self._create_client()
-        yield cached
+        return cached
 
     def full_key(self, key: str) -> str:
         """``key`` as Redis stores it: script keys after the first get no prefix."""
@@ -412,6 +420,53 @@ class Channel(kombu_redis.Channel):
     def script(self, name: str, source: str) -> Any:
         """The Lua script ``source``, registered once per connection."""
         return self.connection.scripts(self, name, source)
+
+    # -- scripts on a connection of the channel's own --------------------------
+
+    def run_script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the Lua script ``source``: one send and one read on this channel's connection.
+
+        redis-py's ``Script`` checks a connection out of the pool for every
+        call, polls it for unread data, wraps the call in its retry and
+        metrics machinery and looks the reply up in its callback table: as
+        much CPU as the round trip itself. The channel keeps one connection
+        for its scripts instead. A green thread that finds it busy, an
+        unknown script (NOSCRIPT) and a connection error or timeout take
+        redis-py's way, with its retries, exactly as before; redis-py
+        disconnects a connection whose command or reply was interrupted, so
+        no stale reply is ever read.
+        """
+        script = self.script(name, source)
+        client = self._commands_client()
+        if not self._script_connection_lock.acquire(blocking=False):
+            return script(keys=keys, args=args, client=client)
+        try:
+            connection = self._script_connection_for(client.connection_pool)
+            command = ["EVALSHA", script.sha, len(keys), *keys, *args]
+            if self.global_keyprefix:
+                command = client._prefix_args(command)
+            connection.send_command(*command)
+            return connection.read_response()
+        except (NoScriptError, RedisConnectionError, RedisTimeoutError):
+            pass
+        finally:
+            self._script_connection_lock.release()
+        return script(keys=keys, args=args, client=client)
+
+    def _script_connection_for(self, pool: Any) -> Any:
+        """This channel's script connection, taken from ``pool`` (the channel's) once."""
+        held = self._script_connection
+        if held is not None and held[0] is pool:
+            return held[1]
+        self._release_script_connection()
+        connection = pool.get_connection()
+        self._script_connection = (pool, connection)
+        return connection
+
+    def _release_script_connection(self) -> None:
+        held, self._script_connection = self._script_connection, None
+        if held is not None:
+            held[0].release(held[1])
 
     def is_ack_free(self, queue: str) -> bool:
         """Whether ``queue``'s messages are consumed without ack bookkeeping."""
@@ -495,7 +550,6 @@ class Channel(kombu_redis.Channel):
         cache = self.connection.binding_cache
         exchange_type = self.typeof(exchange)
         priority = self._get_message_priority(message, reverse=False)
-        publish = self.script("publish", PUBLISH_SCRIPT)
         table_key = self.full_key(self.keyprefix_queue % (exchange,))
         request_qos, ack_args = self._request_ack_args()
         for _ in range(PUBLISH_ATTEMPTS):
@@ -505,12 +559,12 @@ class Channel(kombu_redis.Channel):
                 return None
             keys = [self.full_key(self._q_for_pri(queue, priority)) for queue in queues]
             copies = [dumps(self._copy_for(queue, message)) for queue in queues]
-            with self.conn_or_acquire() as client:
-                result = publish(
-                    keys=[BINDING_VERSIONS_KEY, *keys],
-                    args=[exchange, version, table_key, *ack_args, *copies],
-                    client=client,
-                )
+            result = self.run_script(
+                "publish",
+                PUBLISH_SCRIPT,
+                keys=[BINDING_VERSIONS_KEY, *keys],
+                args=[exchange, version, table_key, *ack_args, *copies],
+            )
             if not isinstance(result, list):
                 if request_qos is not None:
                     request_qos._slots_removed.add(ack_args[0])
@@ -747,6 +801,7 @@ class Channel(kombu_redis.Channel):
                     self.queue_delete(queue)
                 except self.connection_errors:
                     log.debug("could not delete auto-delete queue %s", queue, exc_info=True)
+        self._release_script_connection()
         super().close()
 
 

@@ -242,3 +242,28 @@ def test_a_reply_queue_is_consumed_without_ack_bookkeeping_and_requests_with_it(
         msg.ack()
     assert client.hlen("unacked") == 0
     assert client.zrange("unacked_index", 0, -1) == []
+
+
+def test_scripts_take_redis_pys_way_when_their_connection_is_busy_unknown_or_lost(connect):
+    import socket
+
+    from common.transport.redis import PUBLISH_SCRIPT
+
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    conn = connect()
+    bind(conn, queue.exchange, queue)
+    channel = conn.default_channel
+    publish(conn, {"n": 1}, "work-ex", "w")  # the channel's own script connection
+    _, script_connection = channel._script_connection
+
+    with channel._script_connection_lock:  # busy: another green thread holds it
+        publish(conn, {"n": 2}, "work-ex", "w")
+    channel.script("publish", PUBLISH_SCRIPT).sha = "0" * 40  # NOSCRIPT: redis-py loads it
+    publish(conn, {"n": 3}, "work-ex", "w")
+    script_connection._sock.shutdown(socket.SHUT_RDWR)  # lost: redis-py reconnects
+    publish(conn, {"n": 4}, "work-ex", "w")
+    publish(conn, {"n": 5}, "work-ex", "w")  # and the channel's connection is usable again
+
+    received = [queue(channel).get(no_ack=True).payload["n"] for _ in range(5)]
+    assert received == [1, 2, 3, 4, 5]
+    assert queue(channel).get(no_ack=True) is None

@@ -166,3 +166,37 @@ def test_a_service_whose_workers_all_wait_on_calls_still_gets_its_replies(broker
         calls = [rpc.echo.call_slow_peer.call_async(0.5) for _ in range(4)]
         assert [call.result() for call in calls] == [0.5] * 4
         assert time.monotonic() - started < 4
+
+
+def test_publishing_finds_its_producer_pool_without_a_connection_per_message(broker, monkeypatch):
+    import kombu
+    from nameko.amqp.publish import Publisher
+
+    from common.transport.nameko_fixes import normalize_config
+
+    config = normalize_config(broker.config())
+    uri = config["AMQP_URI"]
+    with kombu.Connection(uri, transport_options=config["TRANSPORT_OPTIONS"]) as conn:
+        queue = kombu.Queue("lookup", kombu.Exchange("lookup-ex", type="direct"), "k")
+        queue(conn.default_channel).declare()
+        publisher = Publisher(uri, exchange="lookup-ex", routing_key="k")
+        publisher.publish({"n": 1})  # builds the pool's key once
+        built = []
+        original_init = kombu.Connection.__init__
+
+        def counting_init(self, *args, **kwargs):
+            built.append(args)
+            original_init(self, *args, **kwargs)
+
+        monkeypatch.setattr(kombu.Connection, "__init__", counting_init)
+        publisher.publish({"n": 2})
+        publisher.publish({"n": 3})
+        assert built == []
+        Publisher(uri, exchange="lookup-ex", routing_key="k", ssl={}).publish({"n": 4})
+        monkeypatch.undo()
+
+        received = []
+        for _ in range(4):
+            message = queue(conn.default_channel).get(no_ack=True)
+            received.append(message.payload["n"])
+        assert sorted(received) == [1, 2, 3, 4]
