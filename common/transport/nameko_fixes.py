@@ -14,6 +14,8 @@ they change is imported; each works on RabbitMQ as well as on Redis.
   ``nameko.exceptions.RpcTimeout``, so no worker waits forever for a reply.
 - Publishing: finding the producer pool no longer builds a ``kombu.Connection``
   (and parses the broker URL) for every message.
+- Start order: a container starts its dependencies before its entrypoints, so a
+  request already waiting in its queue never meets a dependency not yet started.
 """
 
 from __future__ import annotations

@@ -59,6 +59,12 @@ PUBLISH_ATTEMPTS = 3
 DEFAULT_VISIBILITY_TIMEOUT = 20
 #: Seconds between scans for messages whose consumer died.
 RESTORE_SCAN_INTERVAL = 1.0
+#: Seconds the restore scan's lock lives if its holder dies holding it (kombu: 300).
+#: A scan takes milliseconds, and restoring a message twice is prevented by the
+#: transaction that moves it back (WATCH on the unacked hash), not by this lock, so
+#: a short expiry costs nothing; a long one stops all crash recovery for that long
+#: after a consumer is killed in the middle of a scan.
+UNACKED_MUTEX_EXPIRE = 5
 #: An auto-delete queue (Nameko's BROADCAST handlers) whose consumer stopped
 #: refreshing its binding for this long is deleted with its messages.
 AUTO_DELETE_QUEUE_TTL_MS = 60_000
@@ -358,6 +364,7 @@ class Channel(kombu_redis.Channel):
     Message = Message
     visibility_timeout = DEFAULT_VISIBILITY_TIMEOUT
     restore_scan_interval = RESTORE_SCAN_INTERVAL
+    unacked_mutex_expire = UNACKED_MUTEX_EXPIRE
     auto_delete_queue_ttl = AUTO_DELETE_QUEUE_TTL_MS
     binding_sweep_interval = BINDING_SWEEP_INTERVAL
 

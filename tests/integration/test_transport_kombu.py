@@ -146,6 +146,31 @@ def test_a_dead_consumers_message_is_restored_after_the_visibility_timeout(conne
     assert queue(janitor).get(no_ack=True).payload == {"job": 2}
 
 
+def test_a_restore_lock_left_by_a_killed_consumer_holds_recovery_up_only_briefly(connect):
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    setup = connect()
+    bind(setup, queue.exchange, queue)
+    publish(setup, {"job": 3}, "work-ex", "w")
+    assert queue(connect(visibility_timeout=1).default_channel).get() is not None
+
+    # Another consumer was killed in the middle of a scan: its lock stays behind, with the
+    # expiry the holder gave it.
+    janitor = connect(visibility_timeout=1, unacked_mutex_expire=3).default_channel
+    with janitor.conn_or_acquire() as client:
+        lock = client.lock(janitor.unacked_mutex_key, timeout=janitor.unacked_mutex_expire)
+        assert lock.acquire(blocking=False)  # as kombu's Mutex takes it; never released
+    time.sleep(1.2)  # past the visibility timeout
+    janitor.qos._last_restore_scan = 0
+    janitor.qos.restore_visible()
+    assert queue(janitor).get(no_ack=True) is None  # the lock still stands
+    time.sleep(janitor.unacked_mutex_expire - 1.2)
+    janitor.qos._last_restore_scan = 0
+    janitor.qos.restore_visible()
+    assert queue(janitor).get(no_ack=True).payload == {"job": 3}
+    # And by default the lock is short too (kombu's lasts five minutes).
+    assert connect().default_channel.unacked_mutex_expire <= 5
+
+
 def test_an_abandoned_auto_delete_queue_is_swept_with_its_messages(connect, redis_broker_only):
     events = Exchange("svc.events", type="topic", durable=True)
     durable = Queue("evt-pool", exchange=events, routing_key="tick")
