@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from nameko.extensions import DependencyProvider
+from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import BindAddress, WebServer, parse_address
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -93,6 +94,8 @@ def _entrypoint_kind(entrypoint: Any) -> str:
     name = type(entrypoint).__name__
     if isinstance(entrypoint, HttpRequestHandler):
         return "http"
+    if isinstance(entrypoint, Timer):  # a subclass too (common.timers.ConfiguredTimer)
+        return "timer"
     return names.get(name, name.lower())
 
 

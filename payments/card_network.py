@@ -1,7 +1,7 @@
 """The card network a payment is charged on: an interface, and a simulation of it.
 
 ``CardNetwork`` is what the payments service calls; a real provider's client implements
-the same two methods. ``SimulatedCardNetwork`` approves every card but its decline list.
+the same three methods. ``SimulatedCardNetwork`` approves every card but its decline list.
 ``CardNetworkProvider`` injects one network per container; give it another factory to
 use a real provider (``CardNetworkProvider(factory=StripeNetwork)``).
 """
@@ -59,6 +59,11 @@ class CardNetwork(Protocol):
         """Give back ``amount_cents`` of an approved charge; a key refunds once."""
         ...
 
+    def find_charge(self, idempotency_key: str) -> ChargeResult | None:
+        """The charge made with ``idempotency_key`` (approved or declined), None if the
+        network never charged under it: how an attempt a dead process left is settled."""
+        ...
+
 
 def _reference(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
@@ -86,6 +91,9 @@ class SimulatedCardNetwork:
         if idempotency_key is not None:
             _remember(self._charges_by_key, idempotency_key, result)
         return result
+
+    def find_charge(self, idempotency_key: str) -> ChargeResult | None:
+        return self._charges_by_key.get(idempotency_key)
 
     def refund(
         self, charge_reference: str, amount_cents: int, *, idempotency_key: str | None = None

@@ -12,8 +12,8 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from common.errors import (
@@ -45,6 +45,12 @@ PROCESSING = "processing"
 PAYMENT_SUCCEEDED = "payment_succeeded"
 PAYMENT_FAILED = "payment_failed"
 PAYMENT_REFUNDED = "payment_refunded"
+
+#: Why an attempt failed when its process died before the charge: the network has no
+#: charge under its key, so nothing was taken and the order can be paid again.
+INTERRUPTED = "interrupted"
+#: The longest wait between two tries of a refund the network keeps failing.
+MAX_REFUND_RETRY_DELAY = timedelta(hours=1)
 
 VISA = "visa"
 MASTERCARD = "mastercard"
@@ -200,6 +206,9 @@ class Payment:
     failure_reason: str | None = None
     #: The card network's id of the charge, which a refund names.
     provider_reference: str | None = None
+    #: The charge's idempotency key at the card network (see :func:`network_charge_key`),
+    #: by which a charge a dead process left unrecorded is found again.
+    network_key: str | None = None
 
     @classmethod
     def record_charge(
@@ -228,6 +237,27 @@ class Payment:
             failure_reason=None if result.approved else (result.reason or "declined"),
             provider_reference=result.reference,
         )
+
+    def settle(self, result: ChargeResult | None, now: datetime) -> Payment:
+        """The outcome of this ``processing`` attempt given what the network knows of its
+        charge: approved -> completed, declined -> failed, no charge at all -> failed as
+        ``interrupted`` (nothing was taken)."""
+        if self.status != PROCESSING:
+            raise ValueError(f"payment {self.id} is {self.status}, not an attempt under way")
+        if result is None:
+            return replace(self, status=FAILED, failure_reason=INTERRUPTED, updated_at=now)
+        return replace(
+            self,
+            status=COMPLETED if result.approved else FAILED,
+            failure_reason=None if result.approved else (result.reason or "declined"),
+            provider_reference=result.reference,
+            updated_at=now,
+        )
+
+    def is_refundable_for(self, order_id: Any) -> bool:
+        """Whether a cancellation of ``order_id`` refunds this payment: it paid that order
+        and is completed (a refunded one was refunded already, a failed one took nothing)."""
+        return self.order_id == order_id and self.status == COMPLETED
 
     def outcome_event(self) -> tuple[str, dict[str, Any]]:
         """The event a charge attempt dispatches: ``payment_succeeded`` or ``payment_failed``."""
@@ -260,12 +290,52 @@ class Payment:
         return True
 
 
+@dataclass(frozen=True)
+class RefundRequest:
+    """A refund asked for and not confirmed by the network yet; it is tried until it is."""
+
+    payment: Payment
+    #: The event that asked for it: the refund is written once, for that event.
+    event_id: str
+    #: Tries at the network so far, the one under way included.
+    attempts: int
+
+
+def refund_retry_delay(attempts: int, first_delay: timedelta) -> timedelta:
+    """How long after try number ``attempts`` (from 1) the next one may start: doubling
+    from ``first_delay`` up to ``MAX_REFUND_RETRY_DELAY``. It is also the time a try has
+    to itself before another instance may start the next one."""
+    if attempts < 1:
+        raise ValueError("attempts count from 1")
+    if first_delay >= MAX_REFUND_RETRY_DELAY:
+        return first_delay
+    return min(first_delay * 2 ** min(attempts - 1, 32), MAX_REFUND_RETRY_DELAY)
+
+
+def refund_key(payment_id: str) -> str:
+    """The refund's idempotency key at the card network: one refund per payment."""
+    return f"refund-{payment_id}"
+
+
+def network_charge_key(payment_id: str, scope: str | None, fingerprint: str | None) -> str:
+    """The charge's idempotency key at the card network.
+
+    With an ``Idempotency-Key`` it is the same for the same key and request, so a retry
+    after a network failure cannot charge twice; without one it is the attempt's id. A
+    hash of hashes: it holds neither the card nor anything to search it by.
+    """
+    if scope is None or fingerprint is None:
+        return payment_id
+    return hashlib.sha256(f"{scope}\n{fingerprint}".encode()).hexdigest()
+
+
 def payment_declined(payment: Payment) -> PaymentDeclined:
     """The 402 for a failed payment (kept, and replayed for its idempotency key)."""
-    return PaymentDeclined(
-        f"The card was declined ({payment.failure_reason}).",
-        {"paymentId": payment.id, "reason": payment.failure_reason},
-    )
+    if payment.failure_reason == INTERRUPTED:
+        message = "The payment was interrupted before the card was charged; pay again."
+    else:
+        message = f"The card was declined ({payment.failure_reason})."
+    return PaymentDeclined(message, {"paymentId": payment.id, "reason": payment.failure_reason})
 
 
 def ensure_payable(order_status: str) -> None:

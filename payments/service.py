@@ -5,16 +5,20 @@ caller's token, the attempt claimed in Mongo (``payments.store``: one payment pe
 one request per idempotency key), the card charged on the ``CardNetwork``, and the
 outcome written with its event in one update. The card number and CVV are never stored,
 logged or put in an error: only its brand and last four digits are.
+
+Refunds and interrupted attempts are ``payments.recovery``'s: the event handlers ask for a
+refund, and two timers retry the refunds the network failed and settle the attempts a
+dead process left ``processing``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
+import math
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import Schema, ValidationError
@@ -41,10 +45,10 @@ from common.logs import RequestContext
 from common.money import parse_cents
 from common.mongo import Mongo
 from common.ops_http import OpsEndpoints
+from common.timers import configured_timer
 from common.tokens import check_secret_for_environment
 from payments.card_network import CardNetworkProvider
 from payments.domain import (
-    COMPLETED,
     FAILED,
     IDEMPOTENCY_KEY_HEADER,
     PROCESSING,
@@ -53,11 +57,13 @@ from payments.domain import (
     ensure_amount_matches,
     ensure_payable,
     idempotency_scope,
+    network_charge_key,
     payment_declined,
     request_fingerprint,
     validate_card,
     validate_idempotency_key,
 )
+from payments.recovery import ChargeReconciliation, Refunds
 from payments.schemas import (
     ID_MAX_LENGTH,
     PaymentListQuerySchema,
@@ -76,6 +82,16 @@ IN_PROGRESS_POLL_SECONDS = 0.05
 #: Seconds the client is told to wait when the first request is still not done.
 IN_PROGRESS_RETRY_AFTER = 1
 OUTBOX_RELAY_INTERVAL = 5
+#: Seconds between two sweeps of the recovery timers (refund retries, stale attempts).
+RECOVERY_INTERVAL_CONFIG_KEY = "PAYMENTS_RECOVERY_SECONDS"
+DEFAULT_RECOVERY_INTERVAL = 10
+#: Seconds a refund's first try has before it is tried again; the wait then doubles.
+REFUND_RETRY_CONFIG_KEY = "PAYMENTS_REFUND_RETRY_SECONDS"
+DEFAULT_REFUND_RETRY_SECONDS = 30
+#: Age after which an attempt still ``processing`` is taken for abandoned: well above
+#: RPC_TIMEOUT (5 s) and the card network's own timeout, so no live charge is settled.
+STALE_ATTEMPT_CONFIG_KEY = "PAYMENTS_STALE_ATTEMPT_SECONDS"
+DEFAULT_STALE_ATTEMPT_SECONDS = 60
 
 
 class PaymentsService(OpsEndpoints):
@@ -126,8 +142,9 @@ class PaymentsService(OpsEndpoints):
         ensure_amount_matches(parse_cents(order["total"]), request["amount_cents"])
 
         now = _now()
+        payment_id = uuid.uuid4().hex
         attempt = Payment(
-            id=uuid.uuid4().hex,
+            id=payment_id,
             order_id=request["order_id"],
             user_id=caller.user_id,
             amount_cents=request["amount_cents"],
@@ -136,6 +153,7 @@ class PaymentsService(OpsEndpoints):
             card=card.summary(),
             created_at=now,
             updated_at=now,
+            network_key=network_charge_key(payment_id, scope, fingerprint),
         )
         if not store.start_attempt(attempt, scope, fingerprint):
             if scope is not None:
@@ -146,8 +164,7 @@ class PaymentsService(OpsEndpoints):
                 "The order is paid, or a payment of it is under way.",
                 {"orderId": request["order_id"]},
             )
-        network_key = attempt.id if scope is None else _network_key(scope, fingerprint)
-        payment = self._charge(store, attempt, card, network_key)
+        payment = self._charge(store, attempt, card)
         if payment.status == FAILED:
             raise payment_declined(payment)
         return PaymentSchema().dump(payment)
@@ -186,19 +203,53 @@ class PaymentsService(OpsEndpoints):
         """A paid order was cancelled: refund its completed payment, once."""
         data = _event_data(event)
         if data is not None and data.get("wasPaid") is True:
-            self._refund(event["id"], data.get("orderId"), data.get("paymentId"))
+            self._refunds().request(event["id"], data.get("orderId"), data.get("paymentId"))
 
     @event_handler("orders", "order_payment_rejected")
     def on_order_payment_rejected(self, event: dict) -> None:
         """A payment came for an order no longer pending: refund it, once."""
         data = _event_data(event)
         if data is not None:
-            self._refund(event["id"], data.get("orderId"), data.get("paymentId"))
+            self._refunds().request(event["id"], data.get("orderId"), data.get("paymentId"))
 
     @timer(interval=OUTBOX_RELAY_INTERVAL)
     def relay_outbox(self) -> None:
         """Publish events a worker that died after its write left in the outbox."""
         self.outbox.relay(PaymentStore(self.db).collection)
+
+    @configured_timer(RECOVERY_INTERVAL_CONFIG_KEY, default=DEFAULT_RECOVERY_INTERVAL)
+    def retry_refunds(self) -> None:
+        """Try again the refunds the card network failed, when each is due."""
+        self._refunds().retry_due()
+
+    @configured_timer(RECOVERY_INTERVAL_CONFIG_KEY, default=DEFAULT_RECOVERY_INTERVAL)
+    def reconcile_attempts(self) -> None:
+        """Settle attempts a dead process left ``processing``, from the network's record."""
+        stale_after = self._seconds(STALE_ATTEMPT_CONFIG_KEY, DEFAULT_STALE_ATTEMPT_SECONDS)
+        reconciliation = ChargeReconciliation(
+            PaymentStore(self.db), self.card_network, self.outbox, now=_now
+        )
+        reconciliation.settle_stale(timedelta(seconds=stale_after))
+
+    def _settled_within(self) -> int:
+        """Seconds until reconcile_attempts has settled an attempt started now, at most."""
+        stale_after = self._seconds(STALE_ATTEMPT_CONFIG_KEY, DEFAULT_STALE_ATTEMPT_SECONDS)
+        interval = self._seconds(RECOVERY_INTERVAL_CONFIG_KEY, DEFAULT_RECOVERY_INTERVAL)
+        return math.ceil(stale_after + interval)
+
+    def _refunds(self) -> Refunds:
+        return Refunds(
+            PaymentStore(self.db),
+            self.card_network,
+            self.outbox,
+            now=_now,
+            first_retry_delay=timedelta(
+                seconds=self._seconds(REFUND_RETRY_CONFIG_KEY, DEFAULT_REFUND_RETRY_SECONDS)
+            ),
+        )
+
+    def _seconds(self, key: str, default: float) -> float:
+        return float(self.config.get(key) or default)
 
     def _idempotency_secret(self) -> str:
         return check_secret_for_environment(
@@ -220,34 +271,37 @@ class PaymentsService(OpsEndpoints):
             raise NotFound("No such order.", {"orderId": order_id})
         return order
 
-    def _charge(
-        self, store: PaymentStore, attempt: Payment, card: Card, network_key: str
-    ) -> Payment:
+    def _charge(self, store: PaymentStore, attempt: Payment, card: Card) -> Payment:
         """Charge the card and record the outcome with its event; the recorded payment."""
         try:
             result = self.card_network.charge(
-                attempt.amount_cents, card, idempotency_key=network_key
+                attempt.amount_cents, card, idempotency_key=attempt.network_key
             )
         except Exception as exc:
-            # Nothing is known to be charged; the network's key makes a retry safe.
-            store.abandon_attempt(attempt.id)
-            # Only the type: a provider's message might quote the card.
+            # The charge may have gone through (a timeout after the network took it), so
+            # the attempt stays ``processing``: the order stays claimed, nothing can charge
+            # it twice, and reconcile_attempts settles it from the network's own record.
+            # Only the type is logged: a provider's message might quote the card.
             log.error("card network failed for payment %s: %s", attempt.id, type(exc).__name__)
             raise ServiceUnavailable(
-                "The card network did not answer; try again.", retry_after=1
+                "The card network did not answer. Whether the card was charged is being "
+                "confirmed with it; the order's status will show the outcome.",
+                {"paymentId": attempt.id},
+                retry_after=self._settled_within(),
             ) from None
-        payment = Payment.record_charge(
-            payment_id=attempt.id,
-            user_id=attempt.user_id,
-            order_id=attempt.order_id,
-            amount_cents=attempt.amount_cents,
-            card=card,
-            result=result,
-            now=_now(),
-            payment_method=attempt.payment_method,
-        )
-        payment.created_at = attempt.created_at
-        store.finish_attempt(payment)
+        payment = attempt.settle(result, _now())
+        if not store.finish_attempt(payment):
+            # Reconciliation settled it first: this charge outlived the stale age. What is
+            # recorded is what the order saw; a difference needs a person at the network.
+            recorded = store.get(payment.id)
+            if recorded is not None and recorded.status != payment.status:
+                log.error(
+                    "payment %s was settled as %s, but the network answered %s late",
+                    payment.id,
+                    recorded.status,
+                    payment.status,
+                )
+            payment = recorded or payment
         self.outbox.flush(store.collection, payment.id)
         log.info(
             "payment %s of order %s: %s (%s ending %s)%s",
@@ -259,27 +313,6 @@ class PaymentsService(OpsEndpoints):
             f", {payment.failure_reason}" if payment.failure_reason else "",
         )
         return payment
-
-    def _refund(self, event_id: str, order_id: Any, payment_id: Any) -> None:
-        store = PaymentStore(self.db)
-        if isinstance(payment_id, str):
-            payment = store.get(payment_id)
-        elif isinstance(order_id, str):
-            payment = store.completed_for_order(order_id)
-        else:
-            payment = None
-        if payment is None or payment.order_id != order_id or payment.status != COMPLETED:
-            log.info("event %s: no completed payment of order %s to refund", event_id, order_id)
-            return
-        result = self.card_network.refund(
-            payment.provider_reference,
-            payment.amount_cents,
-            idempotency_key=f"refund-{payment.id}",
-        )
-        payment.refund(_now())
-        if store.mark_refunded(payment, result.reference, event_id):
-            self.outbox.flush(store.collection, payment.id)
-            log.info("payment %s of order %s refunded", payment.id, order_id)
 
 
 def _now() -> datetime:
@@ -339,12 +372,6 @@ def _replay(store: PaymentStore, scope: str, fingerprint: str) -> dict | None:
                 retry_after=IN_PROGRESS_RETRY_AFTER,
             )
         time.sleep(IN_PROGRESS_POLL_SECONDS)
-
-
-def _network_key(scope: str, fingerprint: str) -> str:
-    """The charge's key at the card network: the same for the same key and request, so a
-    retry after a network failure cannot charge twice."""
-    return hashlib.sha256(f"{scope}\n{fingerprint}".encode()).hexdigest()
 
 
 def _event_data(event: Any) -> dict | None:

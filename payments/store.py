@@ -9,12 +9,19 @@ charged, holding two unique claims that the database enforces under any concurre
   ``fingerprint``: a key is used by one request at most.
 
 The outcome (``completed``/``failed``) and its event are then written in one update; the
-card itself is never stored, only its brand and last four digits.
+card itself is never stored, only its brand and last four digits. The attempt keeps the
+charge's key at the card network (``networkKey``), so an attempt a dead process left
+``processing`` can be settled by asking the network (:meth:`PaymentStore.stale_attempts`).
+
+A refund is first recorded as requested on the completed payment (``refundRequestedAt``,
+``refundEventId``, ``refundAttempts``, ``refundRetryAt``), then done at the network; until
+``mark_refunded`` writes it, the payment stays ``completed`` and is retried when due.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from pymongo import DESCENDING, IndexModel
@@ -30,6 +37,8 @@ from payments.domain import (
     PROCESSING,
     CardSummary,
     Payment,
+    RefundRequest,
+    network_charge_key,
 )
 
 PAYMENTS = "payments"
@@ -50,6 +59,12 @@ INDEXES: Mapping[str, list[IndexModel]] = {
         ),
         IndexModel([("userId", 1), ("createdAt", DESCENDING)], name="history"),
         IndexModel([("orderId", 1)], name="by_order"),
+        IndexModel([("status", 1), ("createdAt", 1)], name="by_status_age"),
+        IndexModel(
+            [("refundRetryAt", 1)],
+            partialFilterExpression={"refundRetryAt": {"$exists": True}},
+            name="refunds_to_retry",
+        ),
     ]
 }
 
@@ -76,6 +91,8 @@ class PaymentStore:
         """
         document = _to_document(payment)
         document.update(status=PROCESSING, activeOrderId=payment.order_id)
+        if payment.network_key is not None:
+            document.update(networkKey=payment.network_key)
         if idempotency_scope is not None:
             document.update(idempotencyScope=idempotency_scope, fingerprint=fingerprint)
         try:
@@ -95,9 +112,15 @@ class PaymentStore:
         )
         return result.modified_count == 1
 
-    def abandon_attempt(self, payment_id: str) -> None:
-        """Forget an attempt that charged nothing, freeing its order and its key."""
-        self.collection.delete_one({"_id": payment_id, "status": PROCESSING})
+    def stale_attempts(self, started_before: datetime, limit: int) -> list[Payment]:
+        """Attempts still ``processing`` that began before ``started_before``, oldest
+        first: their process most likely died between the claim and the outcome."""
+        cursor = self.collection.find(
+            {"status": PROCESSING, "createdAt": {"$lt": started_before}},
+            sort=[("createdAt", 1)],
+            limit=limit,
+        )
+        return [_from_document(document) for document in cursor]
 
     def find_by_idempotency_scope(self, scope: str) -> tuple[str, Payment] | None:
         """The fingerprint and the payment (maybe still ``processing``) of a used key."""
@@ -131,6 +154,57 @@ class PaymentStore:
         payments = [_from_document(document) for document in cursor]
         return payments, self.collection.count_documents(query)
 
+    def request_refund(
+        self, payment_id: str, event_id: str, now: datetime, retry_at: datetime
+    ) -> bool:
+        """Record that ``event_id`` asked to refund this completed payment, as try 1 with
+        the next one due at ``retry_at``; True if it is asked now, False when it was asked
+        already (by this or another event) or the payment is not completed."""
+        result = self.collection.update_one(
+            {"_id": payment_id, "status": COMPLETED, "refundRequestedAt": {"$exists": False}},
+            {
+                "$set": {
+                    "refundRequestedAt": now,
+                    "refundEventId": event_id,
+                    "refundAttempts": 1,
+                    "refundRetryAt": retry_at,
+                }
+            },
+        )
+        return result.modified_count == 1
+
+    def due_refunds(self, now: datetime, limit: int) -> list[RefundRequest]:
+        """Requested refunds not done yet whose next try is due, the longest due first."""
+        cursor = self.collection.find(
+            {"status": COMPLETED, "refundRetryAt": {"$lte": now}},
+            sort=[("refundRetryAt", 1)],
+            limit=limit,
+        )
+        return [
+            RefundRequest(
+                payment=_from_document(document),
+                event_id=document["refundEventId"],
+                attempts=document["refundAttempts"],
+            )
+            for document in cursor
+        ]
+
+    def claim_refund_try(
+        self, payment_id: str, attempts_seen: int, now: datetime, retry_at: datetime
+    ) -> bool:
+        """Take the next try of a due refund, pushing the one after to ``retry_at``; False
+        when another instance took it first (it changed ``refundAttempts``)."""
+        result = self.collection.update_one(
+            {
+                "_id": payment_id,
+                "status": COMPLETED,
+                "refundAttempts": attempts_seen,
+                "refundRetryAt": {"$lte": now},
+            },
+            {"$set": {"refundRetryAt": retry_at}, "$inc": {"refundAttempts": 1}},
+        )
+        return result.modified_count == 1
+
     def mark_refunded(self, payment: Payment, refund_reference: str, event_id: str) -> bool:
         """Write a refund (``payment`` already refunded by the domain) with its event,
         once per ``event_id`` and only from ``completed``; True if it happened now."""
@@ -140,7 +214,8 @@ class PaymentStore:
                 "status": payment.status,
                 "refundReference": refund_reference,
                 "updatedAt": payment.updated_at,
-            }
+            },
+            "$unset": {"refundRetryAt": ""},
         }
         return apply_once(
             self.collection,
@@ -185,4 +260,9 @@ def _from_document(document: Mapping[str, Any]) -> Payment:
         updated_at=document["updatedAt"],
         failure_reason=document.get("failureReason"),
         provider_reference=document.get("providerReference"),
+        # Attempts written before the key was stored: derived as it was made.
+        network_key=document.get("networkKey")
+        or network_charge_key(
+            document["_id"], document.get("idempotencyScope"), document.get("fingerprint")
+        ),
     )

@@ -1,6 +1,6 @@
 import dataclasses
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -24,7 +24,10 @@ from payments.domain import (
     ensure_amount_matches,
     ensure_payable,
     luhn_valid,
+    network_charge_key,
     payment_declined,
+    refund_key,
+    refund_retry_delay,
     request_fingerprint,
     validate_card,
     validate_idempotency_key,
@@ -204,6 +207,16 @@ def test_simulated_network_refuses_non_positive_amounts():
         SimulatedCardNetwork().refund("sim_ch_1", -1)
 
 
+def test_simulated_network_finds_a_charge_by_its_key_only_once_made():
+    network = SimulatedCardNetwork()
+    assert network.find_charge("k1") is None
+    approved = network.charge(5998, _card(VISA), idempotency_key="k1")
+    declined = network.charge(5998, _card(DECLINED), idempotency_key="k2")
+    assert network.find_charge("k1") == approved
+    assert network.find_charge("k2") == declined and not declined.approved
+    assert network.find_charge("k3") is None
+
+
 # Payments
 
 
@@ -245,6 +258,99 @@ def test_refund_once():
     assert payment.refund(NOW) is False
     with pytest.raises(ValueError):
         _payment(ChargeResult(approved=False, reason="x"), DECLINED).refund(NOW)
+
+
+def _attempt(**fields):
+    values = dict(
+        id="payment-1",
+        order_id="order-1",
+        user_id="user-1",
+        amount_cents=5998,
+        status="processing",
+        payment_method="credit_card",
+        card=CardSummary("visa", "1111"),
+        created_at=NOW,
+        updated_at=NOW,
+        network_key="net-key-1",
+    )
+    values.update(fields)
+    return Payment(**values)
+
+
+LATER = NOW + timedelta(minutes=2)
+
+
+def test_an_attempt_settles_as_the_network_recorded_its_charge():
+    attempt = _attempt()
+    completed = attempt.settle(ChargeResult(approved=True, reference="sim_ch_1"), LATER)
+    assert (completed.status, completed.provider_reference, completed.failure_reason) == (
+        "completed",
+        "sim_ch_1",
+        None,
+    )
+    declined = attempt.settle(ChargeResult(False, "sim_ch_2", "insufficient_funds"), LATER)
+    assert (declined.status, declined.failure_reason) == ("failed", "insufficient_funds")
+    assert attempt.settle(ChargeResult(False, "sim_ch_3"), LATER).failure_reason == "declined"
+    for settled in (completed, declined):
+        assert (settled.id, settled.created_at, settled.updated_at) == ("payment-1", NOW, LATER)
+        assert (settled.card, settled.network_key) == (attempt.card, "net-key-1")
+    assert attempt.status == "processing"  # a new value, the attempt is unchanged
+
+
+def test_an_attempt_the_network_never_charged_fails_as_interrupted():
+    interrupted = _attempt().settle(None, LATER)
+    assert (interrupted.status, interrupted.failure_reason) == ("failed", "interrupted")
+    assert interrupted.provider_reference is None
+    assert interrupted.outcome_event() == (
+        "payment_failed",
+        {
+            "paymentId": "payment-1",
+            "orderId": "order-1",
+            "userId": "user-1",
+            "reason": "interrupted",
+        },
+    )
+    error = payment_declined(interrupted)
+    assert "pay again" in error.message and "declined" not in error.message
+    assert error.details == {"paymentId": "payment-1", "reason": "interrupted"}
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "refunded"])
+def test_only_an_attempt_under_way_settles(status):
+    with pytest.raises(ValueError):
+        _attempt(status=status).settle(None, LATER)
+
+
+def test_only_the_completed_payment_of_the_order_is_refundable():
+    assert _attempt(status="completed").is_refundable_for("order-1")
+    assert not _attempt(status="completed").is_refundable_for("order-2")
+    assert not _attempt(status="completed").is_refundable_for(None)
+    for status in ("processing", "failed", "refunded"):
+        assert not _attempt(status=status).is_refundable_for("order-1")
+
+
+def test_refund_retries_back_off_doubling_up_to_an_hour():
+    first = timedelta(seconds=30)
+    assert [refund_retry_delay(n, first).total_seconds() for n in range(1, 5)] == [
+        30,
+        60,
+        120,
+        240,
+    ]
+    assert refund_retry_delay(8, first) == timedelta(hours=1)
+    assert refund_retry_delay(10_000, first) == timedelta(hours=1)
+    assert refund_retry_delay(3, timedelta(hours=2)) == timedelta(hours=2)
+    with pytest.raises(ValueError):
+        refund_retry_delay(0, first)
+
+
+def test_network_keys():
+    assert network_charge_key("payment-1", None, None) == "payment-1"
+    keyed = network_charge_key("payment-1", '["user-1","key-1"]', "ab" * 32)
+    assert keyed == network_charge_key("payment-2", '["user-1","key-1"]', "ab" * 32)
+    assert keyed != network_charge_key("payment-1", '["user-1","key-2"]', "ab" * 32)
+    assert len(keyed) == 64 and "ab" * 32 not in keyed
+    assert refund_key("payment-1") == "refund-payment-1"
 
 
 def test_only_a_pending_order_is_payable():

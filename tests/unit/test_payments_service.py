@@ -8,7 +8,7 @@ concurrency (unique claims) is tested in tests/integration/test_payments_service
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from unittest.mock import create_autospec, patch
 
 import pytest
@@ -30,14 +30,18 @@ from common.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
+from common.timers import ConfiguredTimer
 from common.tokens import InsecureSecretError
 from payments import service as payments_service
 from payments.card_network import ChargeResult, SimulatedCardNetwork
 from payments.domain import (
     CardSummary,
     Payment,
+    RefundRequest,
     idempotency_scope,
+    network_charge_key,
     request_fingerprint,
+    validate_card,
 )
 from payments.schemas import ProcessPaymentSchema
 from payments.service import PaymentsService
@@ -50,9 +54,12 @@ NOW = datetime(2026, 11, 15, 10, 30, tzinfo=UTC)
 
 
 class CountingNetwork(SimulatedCardNetwork):
-    def __init__(self, fail: Exception | None = None) -> None:
+    def __init__(
+        self, fail: Exception | None = None, fail_refunds: Exception | None = None
+    ) -> None:
         super().__init__()
         self.fail = fail
+        self.fail_refunds = fail_refunds
         self.charges: list[tuple[int, str | None]] = []
         self.refunds: list[tuple[str, int, str | None]] = []
 
@@ -64,6 +71,8 @@ class CountingNetwork(SimulatedCardNetwork):
 
     def refund(self, charge_reference, amount_cents, *, idempotency_key=None):
         self.refunds.append((charge_reference, amount_cents, idempotency_key))
+        if self.fail_refunds is not None:
+            raise self.fail_refunds
         return super().refund(charge_reference, amount_cents, idempotency_key=idempotency_key)
 
 
@@ -105,6 +114,11 @@ def store():
     store.find_by_idempotency_scope.return_value = None
     store.start_attempt.return_value = True
     store.mark_refunded.return_value = True
+    store.request_refund.return_value = True
+    store.claim_refund_try.return_value = True
+    store.finish_attempt.return_value = True
+    store.due_refunds.return_value = []
+    store.stale_attempts.return_value = []
     with patch.object(payments_service, "PaymentStore", return_value=store):
         yield store
 
@@ -214,14 +228,18 @@ def test_an_unreachable_orders_service_is_a_clear_error(service, store, failure,
     store.start_attempt.assert_not_called()
 
 
-def test_a_network_failure_frees_the_attempt_and_logs_no_card(store, caplog):
+def test_a_network_failure_leaves_the_attempt_to_reconciliation_and_logs_no_card(store, caplog):
+    # The network may have charged before failing to answer: the attempt keeps the order
+    # claimed until reconcile_attempts asks the network, so no retry can charge twice.
     network = CountingNetwork(fail=ConnectionError(f"refused for card {VISA} cvv 123"))
     service = make_service(network)
-    with caplog.at_level(logging.DEBUG), pytest.raises(ServiceUnavailable):
+    with caplog.at_level(logging.DEBUG), pytest.raises(ServiceUnavailable) as raised:
         service.process_payment(body())
     (attempt, _, _), _ = store.start_attempt.call_args
-    store.abandon_attempt.assert_called_once_with(attempt.id)
-    store.finish_attempt.assert_not_called()
+    assert raised.value.details == {"paymentId": attempt.id}
+    assert raised.value.retry_after == 60 + 10  # the stale age, then one recovery tick
+    # Claimed, then left as it is: not finished, not forgotten.
+    assert [call[0] for call in store.method_calls] == ["start_attempt"]
     assert "ConnectionError" in caplog.text
     assert VISA not in caplog.text and "cvv 123" not in caplog.text
 
@@ -433,10 +451,17 @@ def cancelled(was_paid=True, payment_id="pay-1", event_id="event-1") -> dict:
     }
 
 
+@pytest.fixture
+def now():
+    with patch.object(payments_service, "_now", return_value=NOW):
+        yield NOW
+
+
 def test_a_paid_cancellation_refunds_the_payment_once(service, store, network):
     store.get.return_value = payment()
     service.on_order_cancelled(cancelled())
     assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
+    store.request_refund.assert_called_once()
     (refunded, reference, event_id), _ = store.mark_refunded.call_args
     assert (refunded.status, event_id) == ("refunded", "event-1")
     assert reference.startswith("sim_re_")
@@ -483,6 +508,195 @@ def test_a_rejected_payment_is_refunded(service, store, network):
     service.on_order_payment_rejected(event)
     assert len(network.refunds) == 1
     store.mark_refunded.assert_called_once()
+
+
+def test_a_refund_is_recorded_as_asked_before_the_network_is(service, store, network, now):
+    store.get.return_value = payment()
+    asked_before_refund = []
+    network_refund = network.refund
+
+    def refund(*args, **kwargs):
+        asked_before_refund.append(store.request_refund.called)
+        return network_refund(*args, **kwargs)
+
+    network.refund = refund
+    service.on_order_cancelled(cancelled())
+    assert asked_before_refund == [True]
+    # Try 1 now; the timer may start try 2 once 30 s (the default) have passed.
+    store.request_refund.assert_called_once_with(
+        "pay-1", "event-1", NOW, NOW + timedelta(seconds=30)
+    )
+    store.mark_refunded.assert_called_once()
+
+
+def test_a_refund_asked_already_is_left_to_its_first_request(service, store, network):
+    store.get.return_value = payment()
+    store.request_refund.return_value = False  # another event, or this one redelivered
+    service.on_order_cancelled(cancelled(event_id="event-2"))
+    assert network.refunds == []
+    store.mark_refunded.assert_not_called()
+
+
+def test_a_refund_the_network_fails_stays_asked_and_logs_no_detail(store, caplog):
+    network = CountingNetwork(fail_refunds=TimeoutError("charge sim_ch_1 of card 4111..."))
+    service = make_service(network)
+    store.get.return_value = payment()
+    with caplog.at_level(logging.DEBUG):
+        service.on_order_cancelled(cancelled())  # the event is handled: the request stays
+    assert len(network.refunds) == 1
+    store.request_refund.assert_called_once()
+    store.mark_refunded.assert_not_called()
+    service.outbox.flush.assert_not_called()
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "pay-1" in warning.getMessage() and "TimeoutError" in warning.getMessage()
+    assert "4111" not in caplog.text and "sim_ch_1" not in caplog.text
+
+
+def due(attempts=1, **fields):
+    return RefundRequest(payment=payment(**fields), event_id="event-1", attempts=attempts)
+
+
+def test_the_timer_retries_a_due_refund_for_its_first_event(service, store, network, now):
+    store.due_refunds.return_value = [due(attempts=1)]
+    service.retry_refunds()
+    store.due_refunds.assert_called_once_with(NOW, 50)
+    # Try 2 is this instance's; try 3 may start 60 s later if it fails too.
+    store.claim_refund_try.assert_called_once_with("pay-1", 1, NOW, NOW + timedelta(seconds=60))
+    assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
+    (refunded, _, event_id), _ = store.mark_refunded.call_args
+    assert (refunded.status, event_id) == ("refunded", "event-1")
+    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+
+
+def test_a_refund_try_another_instance_took_is_left_to_it(service, store, network, now):
+    store.due_refunds.return_value = [due()]
+    store.claim_refund_try.return_value = False
+    service.retry_refunds()
+    assert network.refunds == []
+    store.mark_refunded.assert_not_called()
+
+
+def test_a_refund_failing_again_waits_longer(store, now):
+    network = CountingNetwork(fail_refunds=ConnectionError("down"))
+    service = make_service(network, config={"PAYMENTS_REFUND_RETRY_SECONDS": 2})
+    store.due_refunds.return_value = [due(attempts=3)]
+    service.retry_refunds()
+    # Try 4 failed: try 5 waits 2 s doubled three times.
+    store.claim_refund_try.assert_called_once_with("pay-1", 3, NOW, NOW + timedelta(seconds=16))
+    assert len(network.refunds) == 1
+    store.mark_refunded.assert_not_called()
+
+
+def test_a_refund_written_by_another_instance_is_not_published_again(service, store, network):
+    store.due_refunds.return_value = [due()]
+    store.mark_refunded.return_value = False
+    service.retry_refunds()
+    assert len(network.refunds) == 1  # the network's key makes the second try harmless
+    service.outbox.flush.assert_not_called()
+
+
+def processing(network_key="net-key-1", **fields):
+    return payment(status="processing", provider_reference=None, network_key=network_key, **fields)
+
+
+def test_a_stale_attempt_the_network_approved_completes_as_the_normal_path(
+    service, store, network, now
+):
+    approved = network.charge(5998, _visa(), idempotency_key="net-key-1")
+    store.stale_attempts.return_value = [processing()]
+    service.reconcile_attempts()
+    store.stale_attempts.assert_called_once_with(NOW - timedelta(seconds=60), 50)
+    (settled,), _ = store.finish_attempt.call_args
+    assert (settled.id, settled.status, settled.provider_reference) == (
+        "pay-1",
+        "completed",
+        approved.reference,
+    )
+    assert settled.outcome_event()[0] == "payment_succeeded"
+    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+    assert len(network.charges) == 1  # the lookup never charges
+
+
+def test_a_stale_attempt_the_network_declined_fails_with_its_reason(service, store, network):
+    network.charge(5998, _visa(DECLINED), idempotency_key="net-key-1")
+    store.stale_attempts.return_value = [processing()]
+    service.reconcile_attempts()
+    (settled,), _ = store.finish_attempt.call_args
+    assert (settled.status, settled.failure_reason) == ("failed", "card_declined")
+
+
+def test_a_stale_attempt_never_charged_fails_as_interrupted(service, store, network):
+    store.stale_attempts.return_value = [processing()]
+    service.reconcile_attempts()
+    (settled,), _ = store.finish_attempt.call_args
+    assert (settled.status, settled.failure_reason) == ("failed", "interrupted")
+    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+    assert network.charges == []
+
+
+def test_an_attempt_settled_meanwhile_is_not_published_again(service, store, network):
+    store.stale_attempts.return_value = [processing()]
+    store.finish_attempt.return_value = False  # its worker, or another instance, was first
+    service.reconcile_attempts()
+    service.outbox.flush.assert_not_called()
+
+
+def test_an_unanswered_lookup_leaves_the_attempt_for_the_next_sweep(store, caplog):
+    network = CountingNetwork()
+    network.find_charge = lambda key: (_ for _ in ()).throw(ConnectionError("down"))
+    service = make_service(network)
+    store.stale_attempts.return_value = [processing(), processing(id="pay-2")]
+    with caplog.at_level(logging.WARNING):
+        service.reconcile_attempts()
+    store.finish_attempt.assert_not_called()
+    assert caplog.text.count("ConnectionError") == 2
+
+
+def test_the_stale_age_is_configurable(store, network, now):
+    service = make_service(network, config={"PAYMENTS_STALE_ATTEMPT_SECONDS": 1.5})
+    service.reconcile_attempts()
+    store.stale_attempts.assert_called_once_with(NOW - timedelta(seconds=1.5), 50)
+
+
+def test_the_network_key_is_stored_on_the_attempt_and_charged_with(service, store, network):
+    service.process_payment(body())
+    service.process_payment(body(), idempotency_key="key-1")
+    (plain, _, _), _ = store.start_attempt.call_args_list[0]
+    (keyed, scope, fingerprint), _ = store.start_attempt.call_args_list[1]
+    assert plain.network_key == plain.id
+    assert keyed.network_key == network_charge_key(keyed.id, scope, fingerprint) != keyed.id
+    assert [key for _, key in network.charges] == [plain.id, keyed.network_key]
+
+
+def test_a_charge_answered_after_reconciliation_keeps_what_was_recorded(
+    service, store, network, caplog
+):
+    store.finish_attempt.return_value = False
+    store.get.return_value = payment(status="failed", failure_reason="interrupted")
+    with caplog.at_level(logging.ERROR), pytest.raises(PaymentDeclined) as interrupted:
+        service.process_payment(body())
+    assert interrupted.value.details["reason"] == "interrupted"
+    assert "settled as failed, but the network answered completed" in caplog.text
+
+
+def test_the_recovery_timers_read_their_interval_from_config():
+    class Container:
+        config = {"PAYMENTS_RECOVERY_SECONDS": "0.25"}
+
+    configured = ConfiguredTimer("PAYMENTS_RECOVERY_SECONDS", default=10)
+    configured.container = Container()
+    configured.setup()
+    assert configured.interval == 0.25
+    Container.config = {}
+    configured.setup()
+    assert configured.interval == 10
+    Container.config = {"PAYMENTS_RECOVERY_SECONDS": -1}
+    with pytest.raises(ValueError):
+        configured.setup()
+
+
+def _visa(number=VISA):
+    return validate_card(number, "12/30", "123", NOW.date())
 
 
 def test_the_timer_relays_the_outbox(service, store):
