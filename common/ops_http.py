@@ -14,7 +14,10 @@ Prometheus can ask a service directly instead of through the broker:
   renders Prometheus text from a registry of its own (several containers share a process
   in the tests).
 - :class:`OpsEndpoints` is the mixin a service class inherits to get both routes. It
-  needs the service's ``health()`` (``common.health.health_report``).
+  needs the service's ``health()`` (``common.health.health_report``). Import the module,
+  not the class (``class UsersService(ops_http.OpsEndpoints)``): ``nameko run
+  users.service`` takes every class with entrypoints in the module's namespace for a
+  service, and would try to run the mixin too.
 """
 
 from __future__ import annotations

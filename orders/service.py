@@ -20,12 +20,12 @@ from nameko.events import event_handler
 from nameko.rpc import rpc
 from nameko.timer import timer
 
+from common import ops_http
 from common.auth import Auth, Caller
 from common.errors import Forbidden, NotFound, OrderNotModifiable, ShopError, ValidationFailed
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
-from common.ops_http import OpsEndpoints
 from orders.domain import (
     DEMO_CATALOG,
     PENDING,
@@ -69,7 +69,7 @@ ORDER_EXPIRED = "order_expired"
 ORDER_PAYMENT_REJECTED = "order_payment_rejected"
 
 
-class OrdersService(OpsEndpoints):
+class OrdersService(ops_http.OpsEndpoints):
     name = "orders"
     request_context = RequestContext()
     store = OrdersDatabase(DEMO_CATALOG)

@@ -28,6 +28,7 @@ from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 
+from common import ops_http
 from common.auth import Auth
 from common.errors import (
     IdempotencyKeyReused,
@@ -44,7 +45,6 @@ from common.health import health_report
 from common.logs import RequestContext
 from common.money import parse_cents
 from common.mongo import Mongo
-from common.ops_http import OpsEndpoints
 from common.timers import configured_timer
 from common.tokens import check_secret_for_environment
 from payments.card_network import CardNetworkProvider
@@ -94,7 +94,7 @@ STALE_ATTEMPT_CONFIG_KEY = "PAYMENTS_STALE_ATTEMPT_SECONDS"
 DEFAULT_STALE_ATTEMPT_SECONDS = 60
 
 
-class PaymentsService(OpsEndpoints):
+class PaymentsService(ops_http.OpsEndpoints):
     name = "payments"
     request_context = RequestContext()
     db = Mongo("payments", indexes=INDEXES)

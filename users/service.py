@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from nameko.rpc import rpc
 from nameko.timer import timer
 
+from common import ops_http
 from common.errors import (
     InvalidCredentials,
     NotFound,
@@ -23,7 +24,6 @@ from common.errors import (
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
-from common.ops_http import OpsEndpoints
 from common.tokens import REFRESH_TOKEN, REFRESH_TOKEN_TTL, TokenPair
 from users.dependencies import Passwords, UsersAuth, UsersDatabase
 from users.domain import (
@@ -55,7 +55,7 @@ def _at(epoch_seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch_seconds, UTC)
 
 
-class UsersService(OpsEndpoints):
+class UsersService(ops_http.OpsEndpoints):
     name = "users"
     request_context = RequestContext()
     store = UsersDatabase()
