@@ -34,6 +34,12 @@ def _fix_nameko_containers(module: ModuleType) -> None:
     nameko_fixes.fix_service_container(module)
 
 
+def _fix_nameko_extensions(module: ModuleType) -> None:
+    from common.transport import nameko_fixes
+
+    nameko_fixes.fix_signature_check(module)
+
+
 def _fix_nameko_rpc(module: ModuleType) -> None:
     from common.transport import nameko_fixes
 
@@ -62,6 +68,7 @@ def _fix_nameko_standalone_events(module: ModuleType) -> None:
 HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "kombu.transport": _register_redis_transport,
     "nameko.containers": _fix_nameko_containers,
+    "nameko.extensions": _fix_nameko_extensions,
     "nameko.rpc": _fix_nameko_rpc,
     "nameko.amqp.publish": _fix_nameko_publish,
     "nameko.standalone.rpc": _fix_nameko_standalone_rpc,

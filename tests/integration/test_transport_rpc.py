@@ -7,7 +7,7 @@ import time
 import eventlet
 import pytest
 from nameko.containers import ServiceContainer
-from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
+from nameko.exceptions import IncorrectSignature, RemoteError, RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from tests.integration.transport_services import Echo, OutOfCheese, Sleeper
@@ -200,3 +200,68 @@ def test_publishing_finds_its_producer_pool_without_a_connection_per_message(bro
             message = queue(conn.default_channel).get(no_ack=True)
             received.append(message.payload["n"])
         assert sorted(received) == [1, 2, 3, 4]
+
+
+def test_wrong_rpc_arguments_still_fail_as_incorrect_signature(broker, run_services):
+    """The signature check remembers call shapes (fix 16); refusals are still Nameko's own."""
+    import inspect
+
+    config = broker.config()
+    run_services(config, Echo)
+    with ClusterRpcProxy(config) as rpc:
+        assert rpc.echo.hello("a")["echo"] == "a"  # this shape is now remembered
+        assert rpc.echo.hello(value="b")["echo"] == "b"
+        for args, kwargs in [((), {}), (("a", "b"), {}), (("a",), {"value": "b"}), ((), {"x": 1})]:
+            # Nameko registers IncorrectSignature, so it crosses RPC as itself.
+            with pytest.raises(IncorrectSignature) as refused:
+                rpc.echo.hello(*args, **kwargs)
+            with pytest.raises(TypeError) as stock:
+                inspect.getcallargs(Echo.hello, None, *args, **kwargs)
+            assert str(refused.value) == str(stock.value)
+        assert rpc.echo.hello("c")["echo"] == "c"
+
+
+def test_a_producer_goes_back_to_its_pool_on_its_channel_and_is_not_revived(broker, monkeypatch):
+    import kombu
+    from kombu.pools import producers
+    from nameko.amqp.publish import Publisher, UndeliverableMessage, get_producer
+
+    from common.transport.nameko_fixes import normalize_config
+
+    config = normalize_config(broker.config())
+    uri = config["AMQP_URI"]
+    with kombu.Connection(uri, transport_options=config["TRANSPORT_OPTIONS"]) as conn:
+        queue = kombu.Queue("keep", kombu.Exchange("keep-ex", type="direct"), "k")
+        queue(conn.default_channel).declare()
+        publisher = Publisher(uri, exchange="keep-ex", routing_key="k")
+        publisher.publish({"n": 1})  # the producer is revived once
+        revived = []
+        original_revive = kombu.Producer.revive
+
+        def counting_revive(self, channel):
+            revived.append(channel)
+            return original_revive(self, channel)
+
+        monkeypatch.setattr(kombu.Producer, "revive", counting_revive)
+        publisher.publish({"n": 2})
+        publisher.publish({"n": 3})
+        assert revived == []
+
+        # A publish that fails lets its producer go kombu's way: revived next time.
+        with pytest.raises(UndeliverableMessage):
+            Publisher(uri, exchange="keep-ex", routing_key="nobody", mandatory=True).publish({})
+        publisher.publish({"n": 4})
+        assert len(revived) == 1
+        monkeypatch.undo()
+
+        received = []
+        for _ in range(4):
+            message = queue(conn.default_channel).get(no_ack=True)
+            received.append(message.payload["n"])
+        assert sorted(received) == [1, 2, 3, 4]
+
+        # Whatever it keeps, the pool still hands out one producer at a time.
+        with get_producer(uri, transport_options=dict(config["TRANSPORT_OPTIONS"])) as first:
+            with get_producer(uri, transport_options=dict(config["TRANSPORT_OPTIONS"])) as second:
+                assert first is not second
+        assert any(pool.limit for pool in producers.values())
