@@ -14,7 +14,6 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from nameko.events import event_handler
 
 from common.errors import NotFound, OrderAlreadyPaid
 from orders.service import OrdersService
@@ -30,6 +29,7 @@ from payments.domain import (
 from payments.schemas import ProcessPaymentSchema
 from payments.service import PaymentsService
 from payments.store import PaymentStore
+from tests.integration.test_payments_service import EVENTS, EventLog
 from tests.support import wait_for
 from users.service import UsersService
 
@@ -43,7 +43,6 @@ RECOVERY_CONFIG = {
 }
 
 #: What payments dispatched: (type, envelope).
-EVENTS: list[tuple[str, dict]] = []
 
 
 class FlakyCardNetwork(SimulatedCardNetwork):
@@ -78,22 +77,6 @@ class RecoveringPayments(PaymentsService):
     card_network = CardNetworkProvider(factory=lambda: NETWORK)
 
 
-class PaymentEventLog:
-    name = "payment_recovery_event_log"
-
-    @event_handler("payments", "payment_succeeded")
-    def succeeded(self, event):
-        EVENTS.append(("payment_succeeded", event))
-
-    @event_handler("payments", "payment_failed")
-    def failed(self, event):
-        EVENTS.append(("payment_failed", event))
-
-    @event_handler("payments", "payment_refunded")
-    def refunded(self, event):
-        EVENTS.append(("payment_refunded", event))
-
-
 def events_of(event_type: str, payment_id: str) -> list[dict]:
     return [e for t, e in EVENTS if t == event_type and e["data"]["paymentId"] == payment_id]
 
@@ -122,7 +105,7 @@ def shop(run_services, rpc, shop_config, mongo_client):
         OrdersService,
         RecoveringPayments,
         RecoveringPayments,
-        PaymentEventLog,
+        EventLog,
         config=config,
     )
     databases = shop_config["MONGO_DATABASES"]
