@@ -22,7 +22,6 @@ Prometheus can ask a service directly instead of through the broker:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -37,6 +36,7 @@ from werkzeug.wrappers import Request, Response
 
 from common.errors import MethodNotAllowed, NotFound, ShopError
 from common.health import STATUS_OK
+from common.http import error_response, json_response
 from common.queues import rpc_queue_depths
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ ops_http = OpsHttpHandler.decorator
 
 def _entrypoint_kind(entrypoint: Any) -> str:
     """``rpc``, ``event``, ``timer``, ``http``: what started a worker."""
-    names = {"Rpc": "rpc", "EventHandler": "event", "Timer": "timer"}
+    names = {"Rpc": "rpc", "EventHandler": "event"}
     name = type(entrypoint).__name__
     if isinstance(entrypoint, HttpRequestHandler):
         return "http"
@@ -186,8 +186,7 @@ class OpsEndpoints:
     @ops_http("GET", "/health")
     def http_health(self, request: Request) -> Response:
         report = self.health()
-        status = 200 if report.get("status") == STATUS_OK else 503
-        return Response(json.dumps(report), status=status, mimetype="application/json")
+        return json_response(report, status=200 if report.get("status") == STATUS_OK else 503)
 
     @ops_http("GET", "/metrics")
     def http_metrics(self, request: Request) -> Response:
@@ -196,17 +195,10 @@ class OpsEndpoints:
     @ops_http(ALL_METHODS, "/")
     @ops_http(ALL_METHODS, "/<path:path>")
     def http_unknown(self, request: Request, path: str = "") -> Response:
-        headers = {}
         if request.path in OPS_ROUTES:
-            error: ShopError = MethodNotAllowed(
-                f"{request.method} is not allowed on {request.path}.", {"allowed": ["GET"]}
+            return error_response(
+                MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}.", {"allowed": ["GET"]}
+                )
             )
-            headers["Allow"] = "GET"
-        else:
-            error = NotFound(f"No route {request.path}.")
-        return Response(
-            json.dumps(error.to_body()),
-            status=error.http_status,
-            headers=headers,
-            mimetype="application/json",
-        )
+        return error_response(NotFound(f"No route {request.path}."))

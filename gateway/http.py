@@ -1,4 +1,7 @@
-"""HTTP details of the gateway: JSON bodies with a size limit, bearer tokens, responses."""
+"""HTTP details of the gateway: JSON bodies with a size limit, bearer tokens, request ids.
+
+Responses are built by :mod:`common.http` (re-exported here), shared with the
+services' own operations endpoints."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from common.errors import BadRequest, PayloadTooLarge, ShopError
+from common.errors import BadRequest, PayloadTooLarge
+from common.http import error_response, json_response
 from common.logs import new_request_id
 
 #: Bodies larger than this are refused with 413 (config ``GATEWAY_MAX_BODY_BYTES``).
@@ -57,17 +61,11 @@ def with_request_id(request: Request, response: Response) -> Response:
     return response
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    if status == 204:
-        return Response(status=204, headers=headers)
-    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
-
-
-def error_response(error: ShopError, headers: dict[str, str] | None = None) -> Response:
-    headers = dict(headers or {})
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    if error.http_status == 405 and "allowed" in error.details:
-        headers["Allow"] = ", ".join(error.details["allowed"])  # RFC 9110 requires it on 405
-    return json_response(error.to_body(), status=error.http_status, headers=headers)
+__all__ = [
+    "bearer_token",
+    "client_request_id",
+    "error_response",
+    "json_response",
+    "read_json_object",
+    "with_request_id",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import eventlet
 import pytest
@@ -168,17 +169,27 @@ def test_a_service_whose_workers_all_wait_on_calls_still_gets_its_replies(broker
         assert time.monotonic() - started < 4
 
 
-def test_publishing_finds_its_producer_pool_without_a_connection_per_message(broker, monkeypatch):
+@contextmanager
+def declared_queue(broker, name: str):
+    """``(uri, transport options, connection, queue)``: queue ``name`` declared on the
+    direct exchange ``<name>-ex`` with routing key ``k``, and a connection to read it."""
     import kombu
-    from nameko.amqp.publish import Publisher
 
     from common.transport.nameko_fixes import normalize_config
 
     config = normalize_config(broker.config())
-    uri = config["AMQP_URI"]
-    with kombu.Connection(uri, transport_options=config["TRANSPORT_OPTIONS"]) as conn:
-        queue = kombu.Queue("lookup", kombu.Exchange("lookup-ex", type="direct"), "k")
+    uri, options = config["AMQP_URI"], config["TRANSPORT_OPTIONS"]
+    with kombu.Connection(uri, transport_options=options) as conn:
+        queue = kombu.Queue(name, kombu.Exchange(f"{name}-ex", type="direct"), "k")
         queue(conn.default_channel).declare()
+        yield uri, options, conn, queue
+
+
+def test_publishing_finds_its_producer_pool_without_a_connection_per_message(broker, monkeypatch):
+    import kombu
+    from nameko.amqp.publish import Publisher
+
+    with declared_queue(broker, "lookup") as (uri, options, conn, queue):
         publisher = Publisher(uri, exchange="lookup-ex", routing_key="k")
         publisher.publish({"n": 1})  # builds the pool's key once
         built = []
@@ -226,13 +237,7 @@ def test_a_producer_goes_back_to_its_pool_on_its_channel_and_is_not_revived(brok
     from kombu.pools import producers
     from nameko.amqp.publish import Publisher, UndeliverableMessage, get_producer
 
-    from common.transport.nameko_fixes import normalize_config
-
-    config = normalize_config(broker.config())
-    uri = config["AMQP_URI"]
-    with kombu.Connection(uri, transport_options=config["TRANSPORT_OPTIONS"]) as conn:
-        queue = kombu.Queue("keep", kombu.Exchange("keep-ex", type="direct"), "k")
-        queue(conn.default_channel).declare()
+    with declared_queue(broker, "keep") as (uri, options, conn, queue):
         publisher = Publisher(uri, exchange="keep-ex", routing_key="k")
         publisher.publish({"n": 1})  # the producer is revived once
         revived = []
@@ -261,7 +266,7 @@ def test_a_producer_goes_back_to_its_pool_on_its_channel_and_is_not_revived(brok
         assert sorted(received) == [1, 2, 3, 4]
 
         # Whatever it keeps, the pool still hands out one producer at a time.
-        with get_producer(uri, transport_options=dict(config["TRANSPORT_OPTIONS"])) as first:
-            with get_producer(uri, transport_options=dict(config["TRANSPORT_OPTIONS"])) as second:
+        with get_producer(uri, transport_options=dict(options)) as first:
+            with get_producer(uri, transport_options=dict(options)) as second:
                 assert first is not second
         assert any(pool.limit for pool in producers.values())
