@@ -18,6 +18,7 @@ Redis key layout (all under kombu's ``global_keyprefix`` when one is set):
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import logging
 import threading
@@ -31,12 +32,13 @@ from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps
+from kombu.utils.json import dumps, loads
 from kombu.utils.objects import cached_property
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.transport import resp
 from common.transport.options import registered_transport_options
 
 log = logging.getLogger(__name__)
@@ -232,13 +234,22 @@ class QoS(kombu_redis.QoS):
 
     def append(self, message: Any, delivery_tag: str) -> None:
         delivery = message.delivery_info
-        raw = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        self.channel.run_script(
-            "append",
-            APPEND_SCRIPT,
-            keys=[self.unacked_index_key],
-            args=[delivery_tag, time.time(), raw, self.channel.full_key(self.unacked_key)],
-        )
+        exchange, routing_key = delivery["exchange"], delivery["routing_key"]
+        item = self.channel._delivering_item
+        if item is not None:
+            # The message as BRPOP returned it: the entry is built around those
+            # bytes instead of serializing the decoded message again.
+            tail = dumps([exchange, routing_key]).encode()  # '["ex", "rk"]'
+            entry = b"[" + item + b"," + tail[1:]
+            self.channel.record_slot_deferred(delivery_tag, entry)
+        else:
+            self.channel.run_script(
+                "append",
+                APPEND_SCRIPT,
+                *self.channel.append_script_arguments(
+                    delivery_tag, dumps([message._raw, exchange, routing_key])
+                ),
+            )
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
@@ -256,18 +267,25 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.ack(self, delivery_tag)
             return None
         if requeue or delivery_tag not in self._delivered:
+            self.channel.confirm_recorded(delivery_tag)  # restore_by_tag reads the slot
             return super().reject(delivery_tag, requeue=requeue)
         self._remove_slot(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
         return None
 
     def _remove_slot(self, delivery_tag: str) -> None:
+        # Never before the slot's deferred record: the record would bring it back.
+        self.channel.confirm_recorded(delivery_tag)
         self.channel.run_script(
             "ack",
             ACK_SCRIPT,
             keys=[self.unacked_index_key],
             args=[delivery_tag, self.channel.full_key(self.unacked_key)],
         )
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self.channel.confirm_recorded()
+        super().restore_unacked(client)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         now = time.monotonic()
@@ -394,6 +412,11 @@ class Channel(kombu_redis.Channel):
         #: script's command and reply are on it.
         self._script_connection: tuple[Any, Any] | None = None
         self._script_connection_lock = threading.Lock()
+        #: Ack-slot records sent on the script connection whose replies are
+        #: not read yet, in the order sent: (delivery tag, script keys, args).
+        self._deferred_records: collections.deque[tuple[str, list, list]] = collections.deque()
+        #: The BRPOP reply item being delivered (see QoS.append), else None.
+        self._delivering_item: bytes | None = None
         super().__init__(connection, **kwargs)
         self._bindings_swept_at = float("-inf")
         prefixes = self.ack_free_queue_prefixes or ()
@@ -452,13 +475,102 @@ class Channel(kombu_redis.Channel):
             command = ["EVALSHA", script.sha, len(keys), *keys, *args]
             if self.global_keyprefix:
                 command = client._prefix_args(command)
-            connection.send_command(*command)
-            return connection.read_response()
+            resp.send_command(connection, command)
+            self._read_deferred_records(connection)  # their replies come first
+            return resp.read_reply(connection)
         except (NoScriptError, RedisConnectionError, RedisTimeoutError):
             pass
         finally:
             self._script_connection_lock.release()
         return script(keys=keys, args=args, client=client)
+
+    # -- ack-slot records whose reply is read later --------------------------
+    #
+    # A delivered message's ack slot is recorded before its worker runs, but
+    # the consumer does not wait for Redis to confirm it: the record goes out
+    # on the script connection and its reply is read later, by whichever
+    # comes first of the next command on that connection, the reply to the
+    # message (which must not remove a slot before it exists: it calls
+    # confirm_recorded), its ack or reject, or the channel's close. That is
+    # one round trip less per message on the consumer's path. If the process
+    # dies first, the message is lost exactly as when it dies between the
+    # BRPOP and a synchronous record. A record that failed (NOSCRIPT after a
+    # Redis restart, a broken connection) is made again the synchronous way,
+    # which is safe: nothing can have removed a slot still waiting for its
+    # record.
+
+    def append_script_arguments(self, delivery_tag: str, entry: str | bytes) -> tuple[list, list]:
+        """APPEND_SCRIPT's keys and args recording ``entry`` as ``delivery_tag``'s slot."""
+        return [self.qos.unacked_index_key], [
+            delivery_tag,
+            time.time(),
+            entry,
+            self.full_key(self.unacked_key),
+        ]
+
+    def record_slot_deferred(self, delivery_tag: str, entry: bytes) -> None:
+        """Send the record of ``delivery_tag``'s ack slot; do not wait for the reply."""
+        keys, args = self.append_script_arguments(delivery_tag, entry)
+        if not self._script_connection_lock.acquire(blocking=False):
+            self.run_script("append", APPEND_SCRIPT, keys, args)  # busy: the usual way
+            return
+        try:
+            client = self._commands_client()
+            connection = self._script_connection_for(client.connection_pool)
+            command = ["EVALSHA", self.script("append", APPEND_SCRIPT).sha, len(keys), *keys, *args]
+            if self.global_keyprefix:
+                command = client._prefix_args(command)
+            try:
+                resp.send_command(connection, command)
+            except (RedisConnectionError, RedisTimeoutError):
+                self._redo_deferred_records()  # their replies went with the connection
+                self._record_slot_now(keys, args)
+                return
+            self._deferred_records.append((delivery_tag, keys, args))
+        finally:
+            self._script_connection_lock.release()
+
+    def confirm_recorded(self, delivery_tag: str | None = None) -> None:
+        """Return once ``delivery_tag``'s (or every) deferred slot record is in Redis."""
+        if not self._deferred_records:
+            return
+        if delivery_tag is not None and all(
+            tag != delivery_tag for tag, _, _ in self._deferred_records
+        ):
+            return
+        with self._script_connection_lock:
+            held = self._script_connection
+            if held is None:
+                self._redo_deferred_records()
+                return
+            try:
+                self._read_deferred_records(held[1])
+            except (RedisConnectionError, RedisTimeoutError):
+                pass  # made again the synchronous way already
+
+    def _read_deferred_records(self, connection: Any) -> None:
+        """Read the deferred records' replies on ``connection``; the lock is held."""
+        records = self._deferred_records
+        while records:
+            try:
+                resp.read_reply(connection)
+            except (RedisConnectionError, RedisTimeoutError):
+                self._redo_deferred_records()
+                raise
+            except ResponseError:  # NOSCRIPT, most likely: the record did not happen
+                _, keys, args = records.popleft()
+                self._record_slot_now(keys, args)
+            else:
+                records.popleft()
+
+    def _redo_deferred_records(self) -> None:
+        """Record every deferred slot again through the pool: their replies are lost."""
+        records, self._deferred_records = self._deferred_records, collections.deque()
+        for _, keys, args in records:
+            self._record_slot_now(keys, args)
+
+    def _record_slot_now(self, keys: list, args: list) -> None:
+        self.script("append", APPEND_SCRIPT)(keys=keys, args=args, client=self._commands_client())
 
     def _script_connection_for(self, pool: Any) -> Any:
         """This channel's script connection, taken from ``pool`` (the channel's) once."""
@@ -471,6 +583,7 @@ class Channel(kombu_redis.Channel):
         return connection
 
     def _release_script_connection(self) -> None:
+        self._redo_deferred_records()
         held, self._script_connection = self._script_connection, None
         if held is not None:
             held[0].release(held[1])
@@ -606,6 +719,7 @@ class Channel(kombu_redis.Channel):
         ):
             return None, ["", "", ""]
         _request_to_ack.set(None)  # one reply acks one request
+        channel.confirm_recorded(request.delivery_tag)  # the slot exists before it goes
         return channel.qos, [
             request.delivery_tag,
             channel.full_key(channel.unacked_key),
@@ -776,7 +890,18 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if self.qos.can_consume():
             self._brpop_no_ack_only = False
-            return super()._brpop_start(timeout)
+            # As kombu's, sent through resp (see _brpop_read).
+            if timeout is None:
+                timeout = self.brpop_timeout
+            queues = self._queue_cycle.consume(len(self.active_queues))
+            if not queues:
+                return None
+            keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+            command = ["BRPOP", *keys, timeout or 0]
+            if self.global_keyprefix:
+                command = self.client._prefix_args(command)
+            self._brpop_send(command)
+            return None
         queues = [queue for queue in self.active_queues if queue in self._no_ack_queues]
         if not queues:
             return None
@@ -787,10 +912,48 @@ class Channel(kombu_redis.Channel):
         command = ["BRPOP", *keys, timeout]
         if self.global_keyprefix:
             command = self.client._prefix_args(command)
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
-        self.client.connection.send_command(*command)
+        self._brpop_send(command)
         return None
+
+    def _brpop_send(self, command: list[Any]) -> None:
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = time.monotonic()
+        resp.send_command(connection, command)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """As kombu's, but the reply is read by :mod:`common.transport.resp`.
+
+        The BRPOP connection carries nothing but this channel's BRPOPs, one at
+        a time, so nothing else reads its stream.
+        """
+        connection = self.client.connection
+        try:
+            try:
+                dest_item = resp.read_reply(connection)
+            except self.connection_errors:
+                connection.disconnect()  # the next poll reconnects
+                raise
+            if not dest_item:
+                raise Empty()
+            dest, item = dest_item
+            dest = bytes_to_str(dest)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self._delivering_item = item
+            try:
+                self.connection._deliver(loads(bytes_to_str(item)), dest)
+            finally:
+                self._delivering_item = None
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        if type == "BRPOP":
+            resp.read_reply(self.client.connection)
+        else:
+            super()._poll_error(type, **options)
 
     def close(self) -> None:
         # An auto-delete queue goes with its consumer, as on RabbitMQ; by now
@@ -808,6 +971,7 @@ class Channel(kombu_redis.Channel):
                     self.queue_delete(queue)
                 except self.connection_errors:
                     log.debug("could not delete auto-delete queue %s", queue, exc_info=True)
+        self.confirm_recorded()
         self._release_script_connection()
         super().close()
 

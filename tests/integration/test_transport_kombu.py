@@ -5,6 +5,8 @@ Every test here fails on stock kombu (run with SHOP_TRANSPORT=stock to see).
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 
 import pytest
@@ -292,3 +294,97 @@ def test_scripts_take_redis_pys_way_when_their_connection_is_busy_unknown_or_los
     received = [queue(channel).get(no_ack=True).payload["n"] for _ in range(5)]
     assert received == [1, 2, 3, 4, 5]
     assert queue(channel).get(no_ack=True) is None
+
+
+def consume_one(conn: Connection, queue: Queue) -> list:
+    got: list = []
+    conn.Consumer([queue], callbacks=[lambda body, msg: got.append(msg)]).consume()
+    while not got:
+        conn.drain_events(timeout=2)
+    return got
+
+
+def slot(conn: Connection, delivery_tag: str) -> bytes | None:
+    return conn.default_channel.client.hget("unacked", delivery_tag)
+
+
+@pytest.fixture
+def work(connect):
+    """A connection consuming one message of queue ``work``, its slot record sent, not read."""
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    conn = connect()
+    bind(conn, queue.exchange, queue)
+    publish(conn, {"n": 1}, "work-ex", "w")
+    [message] = consume_one(conn, queue)
+    channel = conn.default_channel
+    assert [tag for tag, _, _ in channel._deferred_records] == [message.delivery_tag]
+    return conn, channel, message
+
+
+def test_a_delivered_message_is_recorded_before_its_reply_or_ack_can_remove_it(work):
+    conn, channel, message = work
+    channel.confirm_recorded(message.delivery_tag)
+    assert not channel._deferred_records
+    raw, exchange, routing_key = json.loads(slot(conn, message.delivery_tag))
+    assert (raw["body"], exchange, routing_key) == (message._raw["body"], "work-ex", "w")
+
+    message.ack()  # reads nothing twice, leaves nothing behind
+    assert slot(conn, message.delivery_tag) is None
+    assert channel.client.zscore("unacked_index", message.delivery_tag) is None
+
+
+def test_an_ack_right_after_delivery_never_leaves_the_slot_behind(work):
+    conn, channel, message = work
+    message.ack()  # the record's reply is still unread: it is read first
+    assert not channel._deferred_records
+    assert slot(conn, message.delivery_tag) is None
+    assert channel.client.zcard("unacked_index") == 0
+
+
+def test_a_reply_right_after_delivery_acks_the_request_for_good(work):
+    from common.transport.redis import acking_with_reply
+
+    conn, channel, message = work
+    with acking_with_reply(message):  # as Nameko's reply: publish and ack in one step
+        publish(conn, {"reply": 1}, "work-ex", "w")
+    assert not channel._deferred_records
+    message.ack()
+    assert slot(conn, message.delivery_tag) is None
+    assert channel.client.zcard("unacked_index") == 0
+
+
+def test_a_requeue_right_after_delivery_puts_the_message_back(work, monkeypatch):
+    conn, channel, message = work
+    steps: list[str] = []
+    confirm, restore = channel.confirm_recorded, channel.qos.restore_by_tag
+    monkeypatch.setattr(
+        channel, "confirm_recorded", lambda *a: steps.append("confirm") or confirm(*a)
+    )
+    monkeypatch.setattr(
+        channel.qos, "restore_by_tag", lambda *a, **k: steps.append("restore") or restore(*a, **k)
+    )
+    message.requeue()
+    assert steps == ["confirm", "restore"]  # the restore reads the slot the record makes
+    assert channel.client.hlen("unacked") == 0
+    again = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    assert again(channel).get(no_ack=True).payload == {"n": 1}
+
+
+def test_a_slot_record_that_failed_is_made_again(work, connect):
+    conn, channel, message = work
+    # The record's connection dies before its reply is read: whether Redis
+    # ran it or not, the slot is there afterwards, once.
+    channel._script_connection[1]._sock.shutdown(socket.SHUT_RDWR)
+    channel.confirm_recorded()
+    assert slot(conn, message.delivery_tag) is not None
+
+    # A record Redis refused (its script flushed by a restart) is made again too.
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    publish(conn, {"n": 2}, "work-ex", "w")
+    channel.client.script_flush()  # the channel still sends the script by its hash
+    [second] = consume_one(conn, queue)
+    channel.confirm_recorded()
+    assert slot(conn, second.delivery_tag) is not None
+    second.ack()
+    message.ack()
+    assert channel.client.hlen("unacked") == 0
