@@ -45,6 +45,7 @@ def _fix_nameko_rpc(module: ModuleType) -> None:
 
     nameko_fixes.fix_rpc_timeouts(module)
     nameko_fixes.fix_rpc_replies(module)
+    nameko_fixes.fix_reply_serialization(module)
 
 
 def _fix_nameko_publish(module: ModuleType) -> None:

@@ -8,7 +8,7 @@ they change is imported; each works on RabbitMQ as well as on Redis.
   and both reach every connection (see :mod:`common.transport.options`).
 - Replies: a service's RPC reply and the ack of its request go to Redis in
   one atomic step (:func:`common.transport.redis.acking_with_reply`); on
-  RabbitMQ nothing changes.
+  RabbitMQ nothing changes. A reply is serialized once, not twice.
 - Timeouts: every RPC, service-to-service ones included, gives up after
   ``RPC_TIMEOUT`` seconds (config; default :data:`DEFAULT_RPC_TIMEOUT`) with
   ``nameko.exceptions.RpcTimeout``, so no worker waits forever for a reply.
@@ -36,6 +36,9 @@ RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
 DEFAULT_RPC_TIMEOUT = 5.0
 
 _FIXED = "__shop_fixed__"
+#: The producer class of Nameko's producer pools (see fix_producer_lookup); made
+#: when that fix is applied, as kombu must not be imported before.
+RetryOnErrorProducer: Any = None
 #: Call shapes remembered per entrypoint method (and methods remembered) by the
 #: signature check; a method taking ``**kwargs`` binds any keyword names.
 MAX_CALL_SHAPES = 256
@@ -211,6 +214,56 @@ def fix_rpc_replies(rpc: ModuleType) -> None:
     rpc.RpcConsumer.handle_result = handle_result
 
 
+def fix_reply_serialization(rpc: ModuleType) -> None:
+    """A service serializes each RPC reply once, not twice.
+
+    Nameko's ``Responder`` serializes the result to check that it can (so an
+    unserializable result becomes an ``UnserializableValueError`` reply, not a
+    dead container), throws that away, and the publish serializes the whole
+    reply again. Here the reply is serialized once, checked by the same
+    attempt, and published as it is; what goes on the wire, and what a
+    result that cannot be serialized turns into, are unchanged.
+    """
+    if not _once(rpc, "reply_serialization"):
+        return
+    import sys
+
+    import kombu.serialization
+    from nameko.exceptions import UnserializableValueError, serialize
+
+    def send_response(self, result, exc_info):
+        error = None
+        if exc_info is not None:
+            error = serialize(exc_info[1])
+        # Encoded the way the request was, as Nameko does.
+        serializer = kombu.serialization.registry.type_to_name[
+            self.message.properties["content_type"]
+        ]
+        try:
+            content_type, content_encoding, body = kombu.serialization.dumps(
+                {"result": result, "error": error}, serializer
+            )
+        except Exception:
+            exc_info = sys.exc_info()
+            error = serialize(UnserializableValueError(result))  # always serializable
+            result = None
+            content_type, content_encoding, body = kombu.serialization.dumps(
+                {"result": None, "error": error}, serializer
+            )
+        publisher = self.publisher_cls(self.amqp_uri, ssl=self.ssl, login_method=self.login_method)
+        publisher.publish(
+            body,
+            content_type=content_type,
+            content_encoding=content_encoding,
+            exchange=self.exchange,
+            routing_key=self.message.properties["reply_to"],
+            correlation_id=self.message.properties.get("correlation_id"),
+        )
+        return result, exc_info
+
+    rpc.Responder.send_response = send_response
+
+
 def fix_producer_lookup(publish: ModuleType) -> None:
     """``get_producer`` finds its producer pool without a new ``kombu.Connection`` per publish.
 
@@ -224,6 +277,8 @@ def fix_producer_lookup(publish: ModuleType) -> None:
     """
     if not _once(publish):
         return
+    global RetryOnErrorProducer
+    RetryOnErrorProducer = _retry_on_error_producer()
     from kombu import Connection
     from kombu.pools import producers
     from nameko.constants import DEFAULT_TRANSPORT_OPTIONS
@@ -252,6 +307,8 @@ def fix_producer_lookup(publish: ModuleType) -> None:
                 login_method=login_method,
             )
         pool = producers[pool_key]
+        if pool.Producer is not RetryOnErrorProducer:
+            pool.Producer = RetryOnErrorProducer  # before it makes its first producer
         producer = pool.acquire(block=True)
         try:
             yield producer
@@ -261,6 +318,32 @@ def fix_producer_lookup(publish: ModuleType) -> None:
         release_keeping_channel(pool, producer)
 
     publish.get_producer = get_producer
+
+
+def _retry_on_error_producer() -> type:
+    from kombu import Producer
+
+    class RetryOnErrorProducer(Producer):
+        """A ``kombu.Producer`` that takes ``ensure``'s retrying way only after an error.
+
+        kombu wraps every publish with ``retry=True`` (all of Nameko's) in
+        ``Connection.ensure``: a new closure, the retry policy copied into
+        the connection's options, before the first attempt. Here the first
+        attempt is a plain publish; if it fails with an error ``ensure``
+        would recover from, the publish is made again through ``ensure``,
+        with the whole policy, exactly as kombu makes it. Any other error
+        is raised as kombu raises it.
+        """
+
+        def publish(self, body, *args, retry=False, retry_policy=None, **kwargs):
+            if retry:
+                try:
+                    return super().publish(body, *args, retry=False, **kwargs)
+                except self.connection.recoverable_connection_errors:
+                    pass
+            return super().publish(body, *args, retry=retry, retry_policy=retry_policy, **kwargs)
+
+    return RetryOnErrorProducer
 
 
 def release_keeping_channel(pool: Any, producer: Any) -> None:

@@ -126,3 +126,100 @@ def test_a_producer_keeps_its_channel_only_while_connections_are_left_for_others
     release_keeping_channel(pool, producer)
     assert kept_by_base == ([producer] if kept else [])
     assert pool.released == ([] if kept else [producer])
+
+
+class _Unserializable:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("result", "exc_info", "serializations"),
+    [
+        ({"id": 42, "tags": ["a"]}, None, 1),
+        (None, (ValueError, ValueError("bad input"), None), 1),
+        ({"when": _Unserializable()}, None, 2),  # the attempt, then the error reply
+    ],
+)
+def test_a_reply_is_serialized_once_into_what_nameko_sends(
+    monkeypatch, result, exc_info, serializations
+):
+    import kombu.serialization
+    from nameko.rpc import Responder
+
+    assert Responder.send_response.__module__ == "common.transport.nameko_fixes"
+    published: list[tuple] = []
+
+    class Publisher:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def publish(self, body, **kwargs):
+            published.append((body, kwargs))
+
+    calls: list = []
+    dumps = kombu.serialization.dumps
+    monkeypatch.setattr(
+        kombu.serialization, "dumps", lambda *a, **k: calls.append(a) or dumps(*a, **k)
+    )
+    message = SimpleNamespace(
+        properties={"content_type": "application/json", "reply_to": "r-1", "correlation_id": "c-1"}
+    )
+    responder = Responder("redis://x", "nameko-rpc", "json", message)
+    responder.publisher_cls = Publisher
+
+    returned_result, returned_exc_info = responder.send_response(result, exc_info)
+
+    assert len(calls) == serializations
+    [(body, kwargs)] = published
+    assert (kwargs["routing_key"], kwargs["correlation_id"]) == ("r-1", "c-1")
+    reply = kombu.serialization.loads(body, kwargs["content_type"], kwargs["content_encoding"])
+    if serializations == 2:  # as Nameko: the caller gets UnserializableValueError
+        assert returned_result is None
+        assert returned_exc_info[0].__name__ == "EncodeError"  # the failure itself
+        assert reply["result"] is None
+        assert reply["error"]["exc_type"] == "UnserializableValueError"
+    else:
+        assert (returned_result, returned_exc_info) == (result, exc_info)
+        assert reply["result"] == result
+        assert (reply["error"] or {}).get("exc_type") == (exc_info and "ValueError")
+
+
+class _Recoverable(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("failures", "error", "attempts", "through_ensure"),
+    [
+        ([], None, 1, False),  # the plain way: no ensure
+        ([_Recoverable()], None, 2, True),  # recovered by kombu's ensure
+        ([KeyError("not recoverable")], KeyError, 1, False),  # raised as kombu raises it
+    ],
+)
+def test_a_publish_takes_ensures_way_only_after_a_recoverable_error(
+    monkeypatch, failures, error, attempts, through_ensure
+):
+    from kombu import Producer
+
+    from common.transport import nameko_fixes
+
+    tries: list = []
+
+    def kombu_publish(self, body, *args, retry=False, retry_policy=None, **kwargs):
+        tries.append((retry, retry_policy))
+        if failures:
+            raise failures.pop(0)
+        return "sent"
+
+    monkeypatch.setattr(Producer, "publish", kombu_publish)
+    producer = nameko_fixes.RetryOnErrorProducer.__new__(nameko_fixes.RetryOnErrorProducer)
+    producer.__connection__ = SimpleNamespace(recoverable_connection_errors=(_Recoverable,))
+    policy = {"max_retries": 3}
+    if error:
+        with pytest.raises(error):
+            producer.publish({}, retry=True, retry_policy=policy)
+    else:
+        assert producer.publish({}, retry=True, retry_policy=policy) == "sent"
+    assert len(tries) == attempts
+    assert tries[0][0] is False  # the first attempt is never wrapped in ensure
+    assert ((True, policy) in tries) is through_ensure
