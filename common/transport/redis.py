@@ -52,6 +52,11 @@ BINDING_DEADLINES_KEY = "_shop.binding_deadlines"
 #: change, so publishers can route from a cached table and still never miss
 #: a binding (see PUBLISH_SCRIPT).
 BINDING_VERSIONS_KEY = "_shop.binding_versions"
+#: Routing decisions kept per connection ((exchange, routing key) -> the
+#: binding table they were made from, and the queues); cleared when full.
+#: Topic routing matches every binding's pattern, and a publisher sends the
+#: same few routing keys again and again.
+ROUTE_CACHE_SIZE = 4096
 #: A publish whose cached table keeps going stale this many times in a row
 #: routes the uncached way.
 PUBLISH_ATTEMPTS = 3
@@ -725,13 +730,27 @@ class Channel(kombu_redis.Channel):
         priority = self._get_message_priority(message, reverse=False)
         table_key = self.full_key(self.keyprefix_queue % (exchange,))
         request_qos, ack_args = self._request_ack_args()
+        routes = self.connection.route_cache
         for _ in range(PUBLISH_ATTEMPTS):
             version, table = cache.get(exchange, ("", ()))
-            queues = exchange_type.lookup(table, exchange, routing_key, None)
+            route = routes.get((exchange, routing_key))
+            if route is not None and route[0] is table:  # decided by this very table
+                queues = route[1]
+            else:
+                queues = exchange_type.lookup(table, exchange, routing_key, None)
+                if len(routes) >= ROUTE_CACHE_SIZE:
+                    routes.clear()
+                routes[exchange, routing_key] = (table, queues)
             if self._expires and any(queue in self._expires for queue in queues):
                 return None
             keys = [self.full_key(self._q_for_pri(queue, priority)) for queue in queues]
-            copies = [dumps(self._copy_for(queue, message)) for queue in queues]
+            if len(queues) == 1:
+                # One copy: the message's own (fresh) tag is that copy's alone.
+                (queue,) = queues
+                message["properties"]["delivery_info"]["queue"] = queue
+                copies = [dumps(message)]
+            else:
+                copies = [dumps(self._copy_for(queue, message)) for queue in queues]
             result = self.run_script(
                 "publish",
                 PUBLISH_SCRIPT,
@@ -1060,6 +1079,8 @@ class Transport(kombu_redis.Transport):
         self.exchange_type_cache: dict[str, str] = {}
         #: exchange -> (version, binding table), checked on every publish.
         self.binding_cache: dict[str, tuple[str, list[tuple[str, ...]]]] = {}
+        #: (exchange, routing key) -> (binding table, queues it routes to).
+        self.route_cache: dict[tuple[str, str], tuple[Any, set[str]]] = {}
         self.scripts = _ScriptCache()
 
 

@@ -223,3 +223,37 @@ def test_a_publish_takes_ensures_way_only_after_a_recoverable_error(
     assert len(tries) == attempts
     assert tries[0][0] is False  # the first attempt is never wrapped in ensure
     assert ((True, policy) in tries) is through_ensure
+
+
+def test_one_socket_is_waited_for_directly_and_several_the_kombu_way(monkeypatch):
+    import socket
+
+    from eventlet.hubs import trampoline
+    from kombu.utils.eventio import ERR, READ, _select
+
+    from common.transport.redis import GreenSocketPoller
+
+    waited: list = []
+    poller = GreenSocketPoller(
+        _select(), lambda fd, **kw: waited.append(fd) or trampoline(fd, **kw)
+    )
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    try:
+        poller.register(first, READ | ERR)
+        assert poller.poll(0.05) == []  # nothing to read: the timeout
+        first_peer.send(b"x")
+        assert poller.poll(1) == [(first.fileno(), READ)]
+        assert waited == [first.fileno(), first.fileno()]
+
+        poller.register(second, READ | ERR)
+        second_peer.send(b"y")
+        events = dict(poller.poll(1))  # green select: whichever it saw first
+        assert events and set(events) <= {first.fileno(), second.fileno()}
+        assert all(event & READ for event in events.values())
+        assert len(waited) == 2  # two sockets: kombu's green select, not the trampoline
+        poller.unregister(second)
+        assert poller.poll(1) == [(first.fileno(), READ)]  # unread still, one socket again
+    finally:
+        for sock in (first, first_peer, second, second_peer):
+            sock.close()
