@@ -32,6 +32,7 @@ def _fix_nameko_containers(module: ModuleType) -> None:
     from common.transport import nameko_fixes
 
     nameko_fixes.fix_service_container(module)
+    nameko_fixes.fix_timing_logs(module)
 
 
 def _fix_nameko_extensions(module: ModuleType) -> None:

@@ -19,6 +19,7 @@ they change is imported; each works on RabbitMQ as well as on Redis.
   computed once, not with ``inspect.getcallargs`` per message.
 - Start order: a container starts its dependencies before its entrypoints, so a
   request already waiting in its queue never meets a dependency not yet started.
+- Timing logs: a worker's DEBUG timing messages are not built while DEBUG is off.
 """
 
 from __future__ import annotations
@@ -113,6 +114,33 @@ def fix_service_container(containers: ModuleType) -> None:
 
     containers.ServiceContainer.__init__ = __init__
     containers.ServiceContainer.start = start
+
+
+def fix_timing_logs(containers: ModuleType) -> None:
+    """Nameko's worker timing logs cost nothing while DEBUG logging is off.
+
+    Every worker runs four ``_log_time`` blocks ("ran worker ... in 0.001s"
+    and three more): each a generator-based context manager that formats a
+    message and hands it to ``logger.log``, which drops it unless the
+    container logger is at DEBUG: about 3% of a service's CPU per RPC for
+    nothing. A block entered while DEBUG is off now does nothing; with
+    DEBUG on, the same message is logged as before.
+    """
+    if not _once(containers, "timing_logs"):
+        return
+    import logging
+    from contextlib import nullcontext
+
+    timed = containers._log_time
+    logger = containers._log
+    untimed = nullcontext()  # stateless, so one serves every block
+
+    def _log_time(msg, *args):
+        if logger.isEnabledFor(logging.DEBUG):
+            return timed(msg, *args)
+        return untimed
+
+    containers._log_time = _log_time
 
 
 def fix_standalone_rpc(standalone_rpc: ModuleType) -> None:

@@ -257,3 +257,29 @@ def test_one_socket_is_waited_for_directly_and_several_the_kombu_way(monkeypatch
     finally:
         for sock in (first, first_peer, second, second_peer):
             sock.close()
+
+
+def test_worker_timing_logs_are_built_only_while_debug_logging_is_on(caplog):
+    import logging
+
+    from nameko import containers
+
+    class Loud:
+        formatted = 0
+
+        def __str__(self):
+            Loud.formatted += 1
+            return "worker"
+
+    caplog.set_level(logging.INFO, logger=containers._log.name)
+    block = containers._log_time("ran %s", Loud())
+    assert block is containers._log_time("tore down %s", Loud())  # one shared no-op
+    with block:
+        pass
+    assert Loud.formatted == 0 and not caplog.records
+
+    caplog.set_level(logging.DEBUG, logger=containers._log.name)
+    with containers._log_time("ran %s", Loud()):
+        pass
+    [record] = caplog.records
+    assert record.getMessage().startswith("ran worker in ") and Loud.formatted >= 1
