@@ -66,7 +66,11 @@ def pack_command(args: list[Any] | tuple[Any, ...]) -> bytes:
 
 
 class _Incomplete(Exception):
-    """The buffer ends before the reply does."""
+    """The buffer ends before the reply does; ``needed``: the least length that may do."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
 
 
 class ReplyReader:
@@ -88,39 +92,45 @@ class ReplyReader:
         """Bytes read from the socket and not yet returned as a reply."""
         return len(self._buffer)
 
-    def clear(self) -> None:
-        self._buffer = b""
-
     def read(self, sock: socket.socket) -> Any:
         while True:
+            needed = len(self._buffer) + 1
             if self._buffer:
                 try:
                     reply, end = _parse(self._buffer, 0)
-                except _Incomplete:
-                    pass
+                except _Incomplete as incomplete:
+                    # A large bulk string is read whole before it is parsed again,
+                    # so a reply of n bytes costs O(n), not O(n^2 / READ_SIZE).
+                    needed = max(needed, incomplete.needed)
                 else:
                     self._buffer = self._buffer[end:]
                     if isinstance(reply, ResponseError):
                         raise reply
                     return reply
-            self._fill(sock)
+            self._fill(sock, needed)
 
-    def _fill(self, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(READ_SIZE)
-        except TimeoutError:
-            raise RedisTimeoutError("Timeout reading from socket") from None
-        except OSError as exc:
-            raise RedisConnectionError(f"Error while reading from socket: {exc}") from exc
-        if not data:
-            raise RedisConnectionError("Connection closed by server.")
-        self._buffer += data
+    def _fill(self, sock: socket.socket, needed: int) -> None:
+        """Read until the buffer holds at least ``needed`` bytes."""
+        chunks = [self._buffer]
+        held = len(self._buffer)
+        while held < needed:
+            try:
+                data = sock.recv(READ_SIZE)
+            except TimeoutError:
+                raise RedisTimeoutError("Timeout reading from socket") from None
+            except OSError as exc:
+                raise RedisConnectionError(f"Error while reading from socket: {exc}") from exc
+            if not data:
+                raise RedisConnectionError("Connection closed by server.")
+            chunks.append(data)
+            held += len(data)
+        self._buffer = b"".join(chunks)
 
 
 def _line_end(buffer: bytes, start: int) -> int:
     end = buffer.find(_CRLF, start)
     if end < 0:
-        raise _Incomplete
+        raise _Incomplete(len(buffer) + 1)
     return end
 
 
@@ -141,7 +151,7 @@ def _parse(buffer: bytes, position: int) -> tuple[Any, int]:
         if length < 0:
             return None, after
         if len(buffer) < after + length + 2:
-            raise _Incomplete
+            raise _Incomplete(after + length + 2)
         data = buffer[after : after + length]
         if kind == b"!":
             return _error(data.decode(errors="replace")), after + length + 2

@@ -115,3 +115,15 @@ def test_a_closed_socket_and_a_timeout_are_redis_errors():
 def test_an_unknown_reply_type_is_a_protocol_error():
     with pytest.raises(RedisConnectionError, match="Protocol error"):
         resp.ReplyReader().read(ChunkedSocket(b"?what\r\n"))
+
+
+def test_a_large_reply_is_read_whole_before_it_is_parsed_again(monkeypatch):
+    item = bytes(range(256)) * 4096  # 1 MiB, arriving in 4 KiB pieces
+    data = b"*2\r\n$5\r\nqueue\r\n$%d\r\n%s\r\n" % (len(item), item)
+    attempts = []
+    parse = resp._parse
+    monkeypatch.setattr(
+        resp, "_parse", lambda buffer, position: attempts.append(1) or parse(buffer, position)
+    )
+    assert read_all(data, chunk=4096) == [[b"queue", item]]
+    assert len(attempts) <= 9  # a few passes of 3 calls each, not one per piece (257)
