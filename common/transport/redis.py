@@ -80,6 +80,9 @@ AUTO_DELETE_QUEUE_TTL_MS = 60_000
 #: prefetch credit: short, so the other queues are read soon after credit returns
 #: (fractional BRPOP timeouts need Redis 6 or later).
 NO_CREDIT_BRPOP_TIMEOUT = 0.1
+#: Most seconds a consumer out of prefetch credit waits for an ack before it
+#: does its housekeeping (visibility of the messages it holds) again.
+HOUSEKEEPING_INTERVAL = 1.0
 #: Seconds between sweeps of abandoned bindings by each consuming channel.
 BINDING_SWEEP_INTERVAL = 10.0
 
@@ -266,18 +269,26 @@ class QoS(kombu_redis.QoS):
         elif delivery_tag in self._delivered:
             self._remove_slot(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+        self._credit_returned()
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if delivery_tag in self._slots_removed:  # answered already: nothing to requeue
-            self._slots_removed.discard(delivery_tag)
-            virtual.QoS.ack(self, delivery_tag)
-            return None
-        if requeue or delivery_tag not in self._delivered:
-            self.channel.confirm_recorded(delivery_tag)  # restore_by_tag reads the slot
-            return super().reject(delivery_tag, requeue=requeue)
-        self._remove_slot(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
-        return None
+        try:
+            if delivery_tag in self._slots_removed:  # answered already: nothing to requeue
+                self._slots_removed.discard(delivery_tag)
+                virtual.QoS.ack(self, delivery_tag)
+            elif requeue or delivery_tag not in self._delivered:
+                self.channel.confirm_recorded(delivery_tag)  # restore_by_tag reads the slot
+                super().reject(delivery_tag, requeue=requeue)
+            else:
+                self._remove_slot(delivery_tag)
+                virtual.QoS.ack(self, delivery_tag)
+        finally:
+            self._credit_returned()
+
+    def _credit_returned(self) -> None:
+        cycle = getattr(self.channel.connection, "cycle", None)
+        if isinstance(cycle, MultiChannelPoller):
+            cycle.credit_returned()
 
     def _remove_slot(self, delivery_tag: str) -> None:
         # Never before the slot's deferred record: the record would bring it back.
@@ -364,6 +375,8 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
 
     def __init__(self) -> None:
         super().__init__()
+        #: Set when an ack or reject gives a channel its prefetch credit back.
+        self._credit = threading.Event()
         if hasattr(self.poller, "_rfd") and _green_select():
             from eventlet.hubs import trampoline
 
@@ -371,9 +384,33 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
 
     def get(self, callback: Any, timeout: float | None = None) -> Any:
         try:
+            self._credit.clear()  # before the check: an ack after it still wakes us
+            if self._out_of_credit():
+                # Nothing may be read until a worker acks, and kombu would wait
+                # on a socket with no command pending until the whole timeout
+                # ran out, however soon the credit came back. Wait for the ack
+                # instead (and at least once a HOUSEKEEPING_INTERVAL, so the held
+                # messages' visibility is still extended).
+                wait = HOUSEKEEPING_INTERVAL if timeout is None else min(timeout, 1.0)
+                self._credit.wait(wait)
+                raise Empty()
             return super().get(callback, timeout)
         finally:
             self._housekeeping()
+
+    def credit_returned(self) -> None:
+        """An ack or reject returned prefetch credit: a consumer waiting for it may go on."""
+        self._credit.set()
+
+    def _out_of_credit(self) -> bool:
+        """Whether every consuming channel is out of credit with nothing else to read."""
+        consuming = [channel for channel in self._channels if channel.active_queues]
+        return bool(consuming) and all(
+            not channel.qos.can_consume()
+            and not channel.consumes_without_ack()
+            and not channel.active_fanout_queues
+            for channel in consuming
+        )
 
     def on_poll_start(self) -> None:
         # As kombu's, but a channel out of prefetch credit still polls its

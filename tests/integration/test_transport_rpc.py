@@ -169,6 +169,24 @@ def test_a_service_whose_workers_all_wait_on_calls_still_gets_its_replies(broker
         assert time.monotonic() - started < 4
 
 
+def test_calls_waiting_for_a_busy_service_are_served_as_soon_as_a_worker_is_free(
+    broker, run_services
+):
+    # More callers than workers: the consumer runs out of prefetch credit. It
+    # used to wait on its socket, with no BRPOP sent, for the whole poll
+    # timeout after a worker was free again: about a second per call, so
+    # calls that take milliseconds timed out.
+    config = broker.config(max_workers=2)
+    run_services(config, Sleeper)
+
+    def caller(_) -> list:
+        with ClusterRpcProxy(config, timeout=0.8) as rpc:  # a proxy per green thread
+            return [rpc.sleeper.sleep(0.01) for _ in range(10)]
+
+    results = list(eventlet.GreenPool(6).imap(caller, range(6)))
+    assert results == [[0.01] * 10] * 6  # no RpcTimeout
+
+
 @contextmanager
 def declared_queue(broker, name: str):
     """``(uri, transport options, connection, queue)``: queue ``name`` declared on the
