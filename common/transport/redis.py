@@ -52,6 +52,8 @@ BINDING_DEADLINES_KEY = "_shop.binding_deadlines"
 #: change, so publishers can route from a cached table and still never miss
 #: a binding (see PUBLISH_SCRIPT).
 BINDING_VERSIONS_KEY = "_shop.binding_versions"
+#: Most messages one POP_SCRIPT takes (within the prefetch credit).
+BACKLOG_BATCH = 5
 #: Routing decisions kept per connection ((exchange, routing key) -> the
 #: binding table they were made from, and the queues); cleared when full.
 #: Topic routing matches every binding's pattern, and a publisher sends the
@@ -97,6 +99,52 @@ ACK_FREE_QUEUE_PREFIXES = ("rpc.reply-",)
 APPEND_SCRIPT = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', ARGV[4], ARGV[1], ARGV[3])
+if ARGV[5] then
+    return redis.call('LLEN', ARGV[5])
+end
+return 0
+"""
+
+#: Pops up to ARGV[2] messages from the lists named in ARGV[4..] (pairs: list,
+#: then '1' if its messages need an ack slot) in that order, and records the
+#: slot of each ('1') in the index KEYS[1] (score ARGV[3]) and the hash ARGV[1],
+#: as APPEND_SCRIPT does, in the same atomic step. Returns {list, message, ...}.
+#: A message whose delivery tag it cannot read is left where it was, and the
+#: pop stops there (BRPOP then takes it the usual way).
+POP_SCRIPT = """
+local taken = {}
+local room = tonumber(ARGV[2])
+for i = 4, #ARGV, 2 do
+    local key, record = ARGV[i], ARGV[i + 1] == '1'
+    while room > 0 do
+        local item = redis.call('RPOP', key)
+        if not item then
+            break
+        end
+        if record then
+            local ok, message = pcall(cjson.decode, item)
+            local properties = ok and type(message) == 'table' and message['properties']
+            local tag = type(properties) == 'table' and properties['delivery_tag']
+            if type(tag) ~= 'string' then
+                redis.call('RPUSH', key, item)
+                return taken
+            end
+            local info = properties['delivery_info']
+            local exchange, routing_key = '', ''
+            if type(info) == 'table' then
+                if type(info['exchange']) == 'string' then exchange = info['exchange'] end
+                if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
+            end
+            redis.call('ZADD', KEYS[1], ARGV[3], tag)
+            local tail = cjson.encode(exchange) .. ',' .. cjson.encode(routing_key)
+            redis.call('HSET', ARGV[1], tag, '[' .. item .. ',' .. tail .. ']')
+        end
+        taken[#taken + 1] = key
+        taken[#taken + 1] = item
+        room = room - 1
+    end
+end
+return taken
 """
 
 #: Removes the ack slot ARGV[1] from the index KEYS[1] and the hash ARGV[2].
@@ -245,12 +293,14 @@ class QoS(kombu_redis.QoS):
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
         item = self.channel._delivering_item
-        if item is not None:
+        if self.channel._delivering_recorded:
+            pass  # POP_SCRIPT recorded it as it took it
+        elif item is not None:
             # The message as BRPOP returned it: the entry is built around those
             # bytes instead of serializing the decoded message again.
             tail = dumps([exchange, routing_key]).encode()  # '["ex", "rk"]'
             entry = b"[" + item + b"," + tail[1:]
-            self.channel.record_slot_deferred(delivery_tag, entry)
+            self.channel.record_slot_deferred(delivery_tag, entry, self.channel._delivering_key)
         else:
             self.channel.run_script(
                 "append",
@@ -394,6 +444,13 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
                 wait = HOUSEKEEPING_INTERVAL if timeout is None else min(timeout, 1.0)
                 self._credit.wait(wait)
                 raise Empty()
+            # A lone channel with messages waiting takes several at once. Only
+            # a lone one with no fanout queues: the others' sockets are not
+            # polled while it does.
+            if len(self._channels) == 1:
+                (channel,) = self._channels
+                if not channel.active_fanout_queues and channel.take_backlog():
+                    return None
             return super().get(callback, timeout)
         finally:
             self._housekeeping()
@@ -510,8 +567,15 @@ class Channel(kombu_redis.Channel):
         #: Ack-slot records sent on the script connection whose replies are
         #: not read yet, in the order sent: (delivery tag, script keys, args).
         self._deferred_records: collections.deque[tuple[str, list, list]] = collections.deque()
-        #: The BRPOP reply item being delivered (see QoS.append), else None.
+        #: The BRPOP reply item being delivered (see QoS.append), else None,
+        #: and the list it came from.
         self._delivering_item: bytes | None = None
+        self._delivering_key: bytes | None = None
+        #: True while POP_SCRIPT's messages, already recorded, are delivered.
+        self._delivering_recorded = False
+        #: Whether messages were seen waiting: the next poll takes them with
+        #: POP_SCRIPT instead of one BRPOP each (see take_backlog).
+        self._backlog = False
         super().__init__(connection, **kwargs)
         self._bindings_swept_at = float("-inf")
         prefixes = self.ack_free_queue_prefixes or ()
@@ -603,9 +667,17 @@ class Channel(kombu_redis.Channel):
             self.full_key(self.unacked_key),
         ]
 
-    def record_slot_deferred(self, delivery_tag: str, entry: bytes) -> None:
-        """Send the record of ``delivery_tag``'s ack slot; do not wait for the reply."""
+    def record_slot_deferred(
+        self, delivery_tag: str, entry: bytes, source: bytes | None = None
+    ) -> None:
+        """Send the record of ``delivery_tag``'s ack slot; do not wait for the reply.
+
+        ``source``: the list the message came from; the reply then says how many
+        messages it still held (see take_backlog).
+        """
         keys, args = self.append_script_arguments(delivery_tag, entry)
+        if source is not None:
+            args.append(source)
         if not self._script_connection_lock.acquire(blocking=False):
             self.run_script("append", APPEND_SCRIPT, keys, args)  # busy: the usual way
             return
@@ -648,7 +720,7 @@ class Channel(kombu_redis.Channel):
         records = self._deferred_records
         while records:
             try:
-                resp.read_reply(connection)
+                left = resp.read_reply(connection)
             except (RedisConnectionError, RedisTimeoutError):
                 self._redo_deferred_records()
                 raise
@@ -657,6 +729,8 @@ class Channel(kombu_redis.Channel):
                 self._record_slot_now(keys, args)
             else:
                 records.popleft()
+                if left:  # messages were waiting behind this one
+                    self._backlog = True
 
     def _redo_deferred_records(self) -> None:
         """Record every deferred slot again through the pool: their replies are lost."""
@@ -1024,6 +1098,59 @@ class Channel(kombu_redis.Channel):
         self._brpop_send(command)
         return None
 
+    def take_backlog(self) -> bool:
+        """Deliver waiting messages, several in one round trip; whether any came.
+
+        Used instead of a BRPOP per message while messages are known to be
+        waiting (a slot record found more behind the message it recorded):
+        POP_SCRIPT takes as many as the prefetch credit allows and records
+        their ack slots in the same atomic step, so a message taken is never
+        without its slot. Once a pop finds fewer than it could take, the
+        channel goes back to BRPOP.
+        """
+        if not self._backlog:
+            return False
+        self._backlog = False
+        if self._in_poll or self.closed or not self.active_queues:
+            return False
+        room = self.qos.can_consume_max_estimate()
+        room = BACKLOG_BATCH if room is None else min(room, BACKLOG_BATCH)
+        if room < 1:
+            return False
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        lists: list[str] = []
+        for priority in self.priority_steps:
+            for queue in queues:
+                lists += [
+                    self.full_key(self._q_for_pri(queue, priority)),
+                    "0" if queue in self._no_ack_queues else "1",
+                ]
+        try:
+            taken = self.run_script(
+                "pop",
+                POP_SCRIPT,
+                keys=[self.qos.unacked_index_key],
+                args=[self.full_key(self.unacked_key), room, time.time(), *lists],
+            )
+        except self.connection_errors:
+            return False  # the BRPOP that follows meets the same error the usual way
+        except ResponseError:
+            # A script error (a key of the wrong type, say). What it took before
+            # failing has its slot, so it comes back after the visibility timeout.
+            log.warning("taking waiting messages failed; reading one at a time", exc_info=True)
+            return False
+        prefix = len(self.global_keyprefix)
+        for index in range(0, len(taken), 2):
+            dest = bytes_to_str(taken[index])[prefix:].rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self._delivering_recorded = True
+            try:
+                self.connection._deliver(loads(bytes_to_str(taken[index + 1])), dest)
+            finally:
+                self._delivering_recorded = False
+        self._backlog = len(taken) == 2 * room  # took all it could: maybe more
+        return bool(taken)
+
     def _brpop_send(self, command: list[Any]) -> None:
         connection = self.client.connection
         self._in_poll = connection
@@ -1048,11 +1175,11 @@ class Channel(kombu_redis.Channel):
             dest, item = dest_item
             dest = bytes_to_str(dest)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            self._delivering_item = item
+            self._delivering_item, self._delivering_key = item, dest_item[0]
             try:
                 self.connection._deliver(loads(bytes_to_str(item)), dest)
             finally:
-                self._delivering_item = None
+                self._delivering_item = self._delivering_key = None
             return True
         finally:
             self._in_poll = None

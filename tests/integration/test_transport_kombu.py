@@ -388,3 +388,60 @@ def test_a_slot_record_that_failed_is_made_again(work, connect):
     second.ack()
     message.ack()
     assert channel.client.hlen("unacked") == 0
+
+
+@pytest.fixture
+def backlog(connect):
+    """A connection whose queue ``work`` holds 8 messages; one taken by BRPOP, unacked."""
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    conn = connect()
+    bind(conn, queue.exchange, queue)
+    for n in range(8):
+        publish(conn, {"n": n}, "work-ex", "w")
+    channel = conn.default_channel
+    channel.basic_qos(0, 4, False)  # prefetch 4
+    got: list = []
+    conn.Consumer([queue], callbacks=[lambda body, msg: got.append(msg)]).consume()
+    conn.drain_events(timeout=2)
+    assert len(got) == 1
+    channel.confirm_recorded()  # its record's reply: 7 more were waiting behind it
+    return conn, channel, queue, got
+
+
+def test_waiting_messages_are_taken_several_at_once_each_with_its_slot(backlog):
+    conn, channel, queue, got = backlog
+    conn.drain_events(timeout=2)
+    assert [msg.payload["n"] for msg in got] == [0, 1, 2, 3]  # one pop, up to the credit
+    assert channel.client.llen("work") == 4
+    for msg in got:  # recorded by the same script that took them
+        raw, exchange, routing_key = json.loads(slot(conn, msg.delivery_tag))
+        assert raw["properties"]["delivery_tag"] == msg.delivery_tag
+        assert (exchange, routing_key) == ("work-ex", "w")
+    for msg in got:
+        msg.ack()
+    while len(got) < 8:
+        conn.drain_events(timeout=2)
+    assert [msg.payload["n"] for msg in got] == list(range(8))
+    for msg in got[4:]:
+        msg.ack()
+    assert channel.client.hlen("unacked") == 0 and channel.client.llen("work") == 0
+
+
+def test_messages_taken_several_at_once_come_back_if_their_consumer_dies(backlog, connect):
+    conn, channel, queue, got = backlog
+    conn.drain_events(timeout=2)
+    assert len(got) == 4
+    tags = {msg.delivery_tag for msg in got}
+    conn.default_channel.client.zadd("unacked_index", dict.fromkeys(tags, 0))  # long ago
+    other = connect(visibility_timeout=1)
+    other.default_channel.qos.restore_visible(num=10)
+    assert other.default_channel.client.llen("work") == 4 + 4  # back in the queue
+
+
+def test_a_message_the_pop_cannot_read_is_left_where_it_was(backlog):
+    conn, channel, queue, got = backlog
+    channel.client.rpush("work", b'{"body": "no tag"}')  # where a pop takes first
+    assert channel.take_backlog() is False  # stopped at it, took nothing
+    assert channel.client.hlen("unacked") == 1  # only the message BRPOP took
+    assert channel.client.rpop("work") == b'{"body": "no tag"}'  # still next in line
+    assert channel.client.llen("work") == 7
