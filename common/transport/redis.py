@@ -419,8 +419,11 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
     """Adds clock-driven housekeeping to every poll, busy or idle.
 
     Stock kombu only looks for abandoned messages when a poll found nothing,
-    so under steady load nothing is ever restored. Under eventlet a single
-    socket is waited for without a green ``select`` (:class:`GreenSocketPoller`).
+    so under steady load nothing is ever restored. Also: a consumer out of
+    prefetch credit waits for the ack that returns it, not for its poll's
+    timeout; a lone channel with messages waiting takes several in one
+    round trip (``Channel.take_backlog``); under eventlet a single socket is
+    waited for without a green ``select`` (:class:`GreenSocketPoller`).
     """
 
     def __init__(self) -> None:
@@ -441,7 +444,9 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
                 # ran out, however soon the credit came back. Wait for the ack
                 # instead (and at least once a HOUSEKEEPING_INTERVAL, so the held
                 # messages' visibility is still extended).
-                wait = HOUSEKEEPING_INTERVAL if timeout is None else min(timeout, 1.0)
+                wait = HOUSEKEEPING_INTERVAL
+                if timeout is not None:
+                    wait = min(timeout, wait)
                 self._credit.wait(wait)
                 raise Empty()
             # A lone channel with messages waiting takes several at once. Only
