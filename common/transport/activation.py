@@ -41,6 +41,12 @@ def _fix_nameko_extensions(module: ModuleType) -> None:
     nameko_fixes.fix_signature_check(module)
 
 
+def _fix_nameko_messaging(module: ModuleType) -> None:
+    from common.transport import nameko_fixes
+
+    nameko_fixes.fix_message_handoff(module)
+
+
 def _fix_nameko_rpc(module: ModuleType) -> None:
     from common.transport import nameko_fixes
 
@@ -71,6 +77,7 @@ HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "kombu.transport": _register_redis_transport,
     "nameko.containers": _fix_nameko_containers,
     "nameko.extensions": _fix_nameko_extensions,
+    "nameko.messaging": _fix_nameko_messaging,
     "nameko.rpc": _fix_nameko_rpc,
     "nameko.amqp.publish": _fix_nameko_publish,
     "nameko.standalone.rpc": _fix_nameko_standalone_rpc,

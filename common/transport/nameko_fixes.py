@@ -20,6 +20,8 @@ they change is imported; each works on RabbitMQ as well as on Redis.
 - Start order: a container starts its dependencies before its entrypoints, so a
   request already waiting in its queue never meets a dependency not yet started.
 - Timing logs: a worker's DEBUG timing messages are not built while DEBUG is off.
+- Hand-off: a message from the Redis transport goes to its entrypoint without a
+  green thread of its own when the worker pool has room.
 """
 
 from __future__ import annotations
@@ -141,6 +143,36 @@ def fix_timing_logs(containers: ModuleType) -> None:
         return untimed
 
     containers._log_time = _log_time
+
+
+def fix_message_handoff(messaging: ModuleType) -> None:
+    """A message from our Redis transport reaches its entrypoint without an extra green thread.
+
+    Nameko's ``QueueConsumer`` hands every message to a new managed thread,
+    which only asks the entrypoint to spawn the worker: a second green thread
+    and a second trip through eventlet's hub before any work starts, on every
+    request's path. The hand-off exists so the consumer never blocks on a full
+    worker pool; a message is now handed to the entrypoint directly when the
+    pool has room (spawning then cannot block), and Nameko's way is taken
+    otherwise, and for every message not from our Redis transport (RabbitMQ
+    keeps Nameko's flow exactly).
+    """
+    if not _once(messaging, "handoff"):
+        return
+    from common.transport.redis import Channel as RedisChannel
+
+    original = messaging.QueueConsumer.handle_message
+
+    @functools.wraps(original)
+    def handle_message(self, provider, body, message):
+        pool = getattr(self.container, "_worker_pool", None)
+        if isinstance(getattr(message, "channel", None), RedisChannel) and pool is not None:
+            if pool.free() > 0:
+                provider.handle_message(body, message)
+                return
+        original(self, provider, body, message)
+
+    messaging.QueueConsumer.handle_message = handle_message
 
 
 def fix_standalone_rpc(standalone_rpc: ModuleType) -> None:

@@ -430,7 +430,8 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
         super().__init__()
         #: Set when an ack or reject gives a channel its prefetch credit back.
         self._credit = threading.Event()
-        if hasattr(self.poller, "_rfd") and _green_select():
+        self._green = _green_select()
+        if hasattr(self.poller, "_rfd") and self._green:
             from eventlet.hubs import trampoline
 
             self.poller = GreenSocketPoller(self.poller, trampoline)
@@ -455,10 +456,26 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
             if len(self._channels) == 1:
                 (channel,) = self._channels
                 if not channel.active_fanout_queues and channel.take_backlog():
+                    self._let_workers_start()
                     return None
-            return super().get(callback, timeout)
+            result = super().get(callback, timeout)
+            self._let_workers_start()  # kombu's get returns once it handled an event
+            return result
         finally:
             self._housekeeping()
+
+    def _let_workers_start(self) -> None:
+        # Under eventlet the workers of what was just delivered are green threads
+        # waiting for the hub; without this they start only once this consumer
+        # has sent its next BRPOP and gone to wait on it, about 0.15 ms of CPU
+        # later on every request's path. Consumers of replies only (no ack
+        # queues: nobody waits for a worker) do not yield.
+        if not self._green:
+            return
+        for channel in self._channels:
+            if channel.consumes_with_ack():
+                _green_sleep(0)
+                return
 
     def credit_returned(self) -> None:
         """An ack or reject returned prefetch credit: a consumer waiting for it may go on."""
@@ -530,6 +547,13 @@ def _green_select() -> bool:
     """Whether eventlet has patched ``select`` in this process."""
     patcher = sys.modules.get("eventlet.patcher")
     return patcher is not None and patcher.is_monkey_patched("select")
+
+
+def _green_sleep(seconds: float) -> None:
+    """Yield to eventlet's other green threads (only called under eventlet)."""
+    import eventlet
+
+    eventlet.sleep(seconds)
 
 
 class Channel(kombu_redis.Channel):
@@ -1067,6 +1091,9 @@ class Channel(kombu_redis.Channel):
     # times out. AMQP counts prefetch per consumer, and a no-ack consumer
     # holds no credit; so here, out of credit, the channel keeps reading its
     # no-ack queues, and only those.
+
+    def consumes_with_ack(self) -> bool:
+        return any(queue not in self._no_ack_queues for queue in self.active_queues)
 
     def consumes_without_ack(self) -> bool:
         return any(queue in self._no_ack_queues for queue in self.active_queues)

@@ -445,3 +445,21 @@ def test_a_message_the_pop_cannot_read_is_left_where_it_was(backlog):
     assert channel.client.hlen("unacked") == 1  # only the message BRPOP took
     assert channel.client.rpop("work") == b'{"body": "no tag"}'  # still next in line
     assert channel.client.llen("work") == 7
+
+
+def test_a_delivered_requests_worker_starts_before_the_consumer_polls_again(connect):
+    import eventlet
+
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    conn = connect()
+    bind(conn, queue.exchange, queue)
+    publish(conn, {"n": 1}, "work-ex", "w")
+    started: list = []
+
+    def on_message(body, message):  # as Nameko: the worker is a green thread
+        eventlet.spawn(started.append, body)
+        message.ack()
+
+    conn.Consumer([queue], callbacks=[on_message]).consume()
+    conn.drain_events(timeout=2)
+    assert started == [{"n": 1}]  # the worker has had its turn by now

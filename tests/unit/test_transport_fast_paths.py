@@ -283,3 +283,35 @@ def test_worker_timing_logs_are_built_only_while_debug_logging_is_on(caplog):
         pass
     [record] = caplog.records
     assert record.getMessage().startswith("ran worker in ") and Loud.formatted >= 1
+
+
+@pytest.mark.parametrize(
+    ("redis_message", "free_workers", "inline"),
+    [(True, 3, True), (True, 0, False), (False, 3, False)],
+)
+def test_a_redis_message_goes_to_its_entrypoint_directly_while_workers_are_free(
+    redis_message, free_workers, inline
+):
+    from nameko.messaging import QueueConsumer
+
+    from common.transport.redis import Channel
+
+    handled: list = []
+    spawned: list = []
+    provider = SimpleNamespace(handle_message=lambda body, message: handled.append(body))
+    consumer = QueueConsumer.__new__(QueueConsumer)
+    consumer.container = SimpleNamespace(
+        _worker_pool=SimpleNamespace(free=lambda: free_workers),
+        spawn_managed_thread=lambda fn, identifier=None: spawned.append(fn),
+    )
+    channel = Channel.__new__(Channel) if redis_message else object()
+    message = SimpleNamespace(channel=channel, delivery_info={"routing_key": "svc.method"})
+
+    consumer.handle_message(provider, {"n": 1}, message)
+
+    if inline:  # no green thread in between
+        assert handled == [{"n": 1}] and spawned == []
+    else:  # Nameko's way: a managed thread hands it over
+        assert handled == [] and len(spawned) == 1
+        spawned[0]()
+        assert handled == [{"n": 1}]
