@@ -203,6 +203,11 @@ def declared_queue(broker, name: str):
         yield uri, options, conn, queue
 
 
+def payload_numbers(conn, queue, count: int) -> list:
+    """The ``n`` of the next ``count`` messages in ``queue``, taken without ack."""
+    return [queue(conn.default_channel).get(no_ack=True).payload["n"] for _ in range(count)]
+
+
 def test_publishing_finds_its_producer_pool_without_a_connection_per_message(broker, monkeypatch):
     import kombu
     from nameko.amqp.publish import Publisher
@@ -224,11 +229,7 @@ def test_publishing_finds_its_producer_pool_without_a_connection_per_message(bro
         Publisher(uri, exchange="lookup-ex", routing_key="k", ssl={}).publish({"n": 4})
         monkeypatch.undo()
 
-        received = []
-        for _ in range(4):
-            message = queue(conn.default_channel).get(no_ack=True)
-            received.append(message.payload["n"])
-        assert sorted(received) == [1, 2, 3, 4]
+        assert sorted(payload_numbers(conn, queue, 4)) == [1, 2, 3, 4]
 
 
 def test_wrong_rpc_arguments_still_fail_as_incorrect_signature(broker, run_services):
@@ -277,11 +278,7 @@ def test_a_producer_goes_back_to_its_pool_on_its_channel_and_is_not_revived(brok
         assert len(revived) == 1
         monkeypatch.undo()
 
-        received = []
-        for _ in range(4):
-            message = queue(conn.default_channel).get(no_ack=True)
-            received.append(message.payload["n"])
-        assert sorted(received) == [1, 2, 3, 4]
+        assert sorted(payload_numbers(conn, queue, 4)) == [1, 2, 3, 4]
 
         # Whatever it keeps, the pool still hands out one producer at a time.
         with get_producer(uri, transport_options=dict(options)) as first:
