@@ -59,6 +59,7 @@ def _fix_nameko_publish(module: ModuleType) -> None:
     from common.transport import nameko_fixes
 
     nameko_fixes.fix_producer_lookup(module)
+    nameko_fixes.fix_direct_publish(module)
 
 
 def _fix_nameko_standalone_rpc(module: ModuleType) -> None:

@@ -232,6 +232,150 @@ def test_publishing_finds_its_producer_pool_without_a_connection_per_message(bro
         assert sorted(payload_numbers(conn, queue, 4)) == [1, 2, 3, 4]
 
 
+def _stored_messages(conn, queue_name: str) -> list[dict]:
+    """The messages waiting in ``queue_name``, oldest first, as Redis holds them."""
+    import json
+
+    channel = conn.default_channel
+    stored = channel.client.lrange(channel.full_key(queue_name), 0, -1)  # LRANGE: no auto prefix
+    return [json.loads(raw) for raw in reversed(stored)]
+
+
+def _without_delivery_tag(message: dict) -> dict:
+    """``message`` minus what is fresh for every message (a new uuid each time)."""
+    properties = dict(message["properties"])
+    del properties["delivery_tag"]
+    return {**message, "properties": properties}
+
+
+# Publisher arguments, publish arguments: every kind of publish Nameko makes, and more.
+DIRECT_PUBLISH_CASES = {
+    "rpc request": (
+        {"serializer": "json"},
+        {
+            "exchange": "EXCHANGE",
+            "routing_key": "k",
+            "mandatory": True,
+            "reply_to": "rpc.reply-x",
+            "correlation_id": "c-1",
+            "extra_headers": {"nameko.call_id_stack": ["a.b.1"]},
+        },
+    ),
+    "rpc reply, serialized already": (
+        {},
+        {
+            "body": b'{"result": {"n": 1}, "error": null}',
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+            "exchange": "EXCHANGE",
+            "routing_key": "k",
+            "correlation_id": None,
+        },
+    ),
+    "event, declaring its exchange": (
+        {"exchange": "EXCHANGE", "declare": ["EXCHANGE"]},
+        {"routing_key": "k", "extra_headers": {"nameko.call_id_stack": ["a.b.2"]}},
+    ),
+    "headers from everywhere": (
+        {"exchange": "EXCHANGE", "routing_key": "k", "headers": {"a": 1, "b": 1, "c": 1}},
+        {"headers": {"b": 2, "c": 2}, "extra_headers": {"c": 3}, "correlation_id": "c-2"},
+    ),
+    "plain body as text": (
+        {"exchange": "EXCHANGE", "routing_key": "k", "delivery_mode": 1},
+        {"body": "just text", "content_type": "text/plain"},
+    ),
+    "an argument only Nameko's way knows": (  # taken by Nameko's way both times
+        {"exchange": "EXCHANGE", "routing_key": "k"},
+        {"compression": "zlib", "correlation_id": "c-3"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DIRECT_PUBLISH_CASES))
+def test_a_direct_publish_stores_the_message_nameko_s_own_publish_stores(
+    redis_broker_only, case, monkeypatch
+):
+    """Fix 28: the direct publish skips layers, not a single field of the message."""
+    from kombu import Producer
+    from nameko.amqp.publish import Publisher
+
+    through_kombu = []
+    kombu_publish = Producer.publish
+    monkeypatch.setattr(
+        Producer,
+        "publish",
+        lambda *args, **kwargs: through_kombu.append(1) or kombu_publish(*args, **kwargs),
+    )
+    init, publish = DIRECT_PUBLISH_CASES[case]
+    with declared_queue(redis_broker_only, "direct") as (uri, options, conn, queue):
+
+        def resolved(value):
+            return queue.exchange if value == "EXCHANGE" else value
+
+        init = {key: resolved(value) for key, value in init.items()}
+        if "declare" in init:
+            init["declare"] = [queue.exchange]
+        publish = {key: resolved(value) for key, value in publish.items()}
+        body = publish.pop("body", {"n": 1, "text": "é"})
+        publisher = Publisher(uri, **init)
+        Publisher.publish.__wrapped__(publisher, body, **publish)  # Nameko's own
+        assert len(through_kombu) == 1
+        publisher.publish(body, **publish)
+        assert len(through_kombu) == (2 if "Nameko's way" in case else 1)
+        stock, direct = _stored_messages(conn, "direct")
+        assert _without_delivery_tag(direct) == _without_delivery_tag(stock)
+        assert direct["properties"]["delivery_tag"] != stock["properties"]["delivery_tag"]
+        assert (
+            queue(conn.default_channel).get(no_ack=True).body
+            == queue(conn.default_channel).get(no_ack=True).body
+        )
+
+
+def test_a_direct_publish_lost_to_a_broken_connection_is_made_again_nameko_s_way(
+    redis_broker_only, monkeypatch
+):
+    from nameko.amqp.publish import Publisher
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from common.transport.redis import Channel
+
+    with declared_queue(redis_broker_only, "retried") as (uri, options, conn, queue):
+        publisher = Publisher(uri, exchange=queue.exchange, routing_key="k")
+        publisher.publish({"n": 0})  # the pool and its producer exist
+        original = Channel.basic_publish
+        failures = []
+
+        def breaks_once(self, *args, **kwargs):
+            if not failures:
+                failures.append(self)
+                raise RedisConnectionError("connection reset")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Channel, "basic_publish", breaks_once)
+        publisher.publish({"n": 1})
+        assert len(failures) == 1
+        assert payload_numbers(conn, queue, 2) == [0, 1]  # once each
+
+        failures.clear()
+        with pytest.raises(RedisConnectionError):
+            Publisher(uri, exchange=queue.exchange, routing_key="k", retry=False).publish({"n": 2})
+        monkeypatch.undo()
+        publisher.publish({"n": 3})  # the pool is whole again
+        assert payload_numbers(conn, queue, 1) == [3]
+
+
+def test_a_direct_publish_no_queue_is_bound_for_is_undeliverable(redis_broker_only):
+    from nameko.amqp.publish import Publisher, UndeliverableMessage
+
+    with declared_queue(redis_broker_only, "unbound") as (uri, options, conn, queue):
+        publisher = Publisher(uri, exchange=queue.exchange)
+        with pytest.raises(UndeliverableMessage):
+            publisher.publish({"n": 1}, routing_key="nobody", mandatory=True)
+        publisher.publish({"n": 2}, routing_key="nobody")  # not mandatory: dropped
+        publisher.publish({"n": 3}, routing_key="k", mandatory=True)
+        assert payload_numbers(conn, queue, 1) == [3]
+
+
 def test_wrong_rpc_arguments_still_fail_as_incorrect_signature(broker, run_services):
     """The signature check remembers call shapes (fix 16); refusals are still Nameko's own."""
     import inspect
