@@ -93,10 +93,22 @@ BINDING_SWEEP_INTERVAL = 10.0
 #: caller that no longer exists, never a second execution (docs/transport.md).
 ACK_FREE_QUEUE_PREFIXES = ("rpc.reply-",)
 
+#: Milliseconds an ack that found no slot to remove is remembered (a mark at
+#: ``<unacked hash key>:acked:<tag>``, see Channel.acked_mark_key), so the slot's
+#: record, still on its way on another connection, does not make it (fix 29).
+#: A record is sent before its message's worker starts; only a record held up
+#: in transit for longer than this could still come after it.
+ACKED_MARK_MS = 60_000
+
 #: Records the ack slot of delivery tag ARGV[1]: its delivery time ARGV[2] in
 #: the index KEYS[1], the message ARGV[3] in the hash ARGV[4]. One atomic
 #: command instead of kombu's MULTI/ZADD/HSET/EXEC (four replies to read).
+#: A slot whose ack came first (its mark, see PUBLISH_SCRIPT) is not made.
+#: Returns the length of list ARGV[5] if given (messages waiting), else 0.
 APPEND_SCRIPT = """
+if redis.call('DEL', ARGV[4] .. ':acked:' .. ARGV[1]) == 1 then
+    return 0
+end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', ARGV[4], ARGV[1], ARGV[3])
 if ARGV[5] then
@@ -159,7 +171,9 @@ redis.call('HDEL', ARGV[2], ARGV[1])
 #: (hash ARGV[5], index ARGV[6]) in the same step; else does nothing and
 #: returns {version, table} for the caller to route again. One round trip
 #: instead of SMEMBERS + LPUSH (+ the request's ack), and never a message
-#: routed by a stale table.
+#: routed by a stale table. An ack whose slot is not there yet (its record,
+#: sent on the consumer's connection, not yet run) leaves a mark for
+#: ACKED_MARK_MS, and APPEND_SCRIPT then does not make the slot.
 PUBLISH_SCRIPT = """
 local version = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if version ~= ARGV[2] then
@@ -170,10 +184,12 @@ for i = 2, #KEYS do
 end
 if ARGV[4] ~= '' then
     redis.call('ZREM', ARGV[6], ARGV[4])
-    redis.call('HDEL', ARGV[5], ARGV[4])
+    if redis.call('HDEL', ARGV[5], ARGV[4]) == 0 then
+        redis.call('SET', ARGV[5] .. ':acked:' .. ARGV[4], '1', 'PX', ACKED_MARK_MS)
+    end
 end
 return #KEYS - 1
-"""
+""".replace("ACKED_MARK_MS", str(ACKED_MARK_MS))
 
 #: Bumps the binding-table version of exchange ARGV[1] in hash KEYS[1].
 BUMP_VERSION_SCRIPT = """
@@ -438,6 +454,12 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
 
     def get(self, callback: Any, timeout: float | None = None) -> Any:
         try:
+            # Replies of the slot records nothing had to wait for (fix 29), read
+            # once the workers of the messages they record have started; they
+            # also say whether messages are waiting (take_backlog).
+            for channel in self._channels:
+                if channel._deferred_records:
+                    channel.confirm_recorded()
             self._credit.clear()  # before the check: an ack after it still wakes us
             if self._out_of_credit():
                 # Nothing may be read until a worker acks, and kombu would wait
@@ -786,6 +808,10 @@ class Channel(kombu_redis.Channel):
         if held is not None:
             held[0].release(held[1])
 
+    def acked_mark_key(self, delivery_tag: str) -> str:
+        """The key of the mark an ack leaves when ``delivery_tag``'s slot was not recorded yet."""
+        return f"{self.full_key(self.unacked_key)}:acked:{delivery_tag}"
+
     def is_ack_free(self, queue: str) -> bool:
         """Whether ``queue``'s messages are consumed without ack bookkeeping."""
         return bool(self.ack_free_queue_prefixes) and queue.startswith(self.ack_free_queue_prefixes)
@@ -931,7 +957,9 @@ class Channel(kombu_redis.Channel):
         ):
             return None, ["", "", ""]
         _request_to_ack.set(None)  # one reply acks one request
-        channel.confirm_recorded(request.delivery_tag)  # the slot exists before it goes
+        # The slot's record may still be on its way, on the consumer's own
+        # connection: if this ack runs first it leaves a mark, and the record
+        # then makes no slot (PUBLISH_SCRIPT, APPEND_SCRIPT). Nothing to wait for.
         return channel.qos, [
             request.delivery_tag,
             channel.full_key(channel.unacked_key),

@@ -353,6 +353,49 @@ def test_a_reply_right_after_delivery_acks_the_request_for_good(work):
     assert channel.client.zcard("unacked_index") == 0
 
 
+def test_a_reply_from_another_connection_does_not_wait_for_its_request_s_record(work, connect):
+    """Fix 29: the reply's publish reads nothing of the consumer's; its ack still holds."""
+    from common.transport.redis import acking_with_reply
+
+    conn, channel, message = work
+    replier = connect()  # as Nameko's producers: another connection
+    with acking_with_reply(message):
+        publish(replier, {"reply": 1}, "work-ex", "w")
+    assert [tag for tag, _, _ in channel._deferred_records] == [message.delivery_tag]
+    channel.confirm_recorded()  # the record went first on the wire: the ack removed its slot
+    message.ack()
+    assert slot(conn, message.delivery_tag) is None
+    assert channel.client.zcard("unacked_index") == 0
+    assert channel.client.exists(channel.acked_mark_key(message.delivery_tag)) == 0
+
+
+def test_a_record_that_comes_after_its_request_s_ack_makes_no_slot(connect, monkeypatch):
+    """Fix 29: an ack that overtakes the slot's record leaves a mark the record obeys."""
+    from common.transport.redis import ACKED_MARK_MS, Channel, acking_with_reply
+
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    conn, replier = connect(), connect()
+    bind(conn, queue.exchange, queue)
+    publish(conn, {"n": 1}, "work-ex", "w")
+    held: list = []
+    record = Channel.record_slot_deferred
+    monkeypatch.setattr(Channel, "record_slot_deferred", lambda self, *args: held.append(args))
+    [message] = consume_one(conn, queue)  # its record held back, as if still in transit
+    channel = conn.default_channel
+    with acking_with_reply(message):
+        publish(replier, {"reply": 1}, "work-ex", "w")
+    mark = channel.acked_mark_key(message.delivery_tag)
+    assert 0 < channel.client.pttl(mark) <= ACKED_MARK_MS
+
+    monkeypatch.undo()
+    record(channel, *held[0])  # the record arrives after all
+    channel.confirm_recorded()
+    message.ack()
+    assert slot(conn, message.delivery_tag) is None  # nothing for a restore to bring back
+    assert channel.client.zcard("unacked_index") == 0
+    assert channel.client.exists(mark) == 0
+
+
 def test_a_requeue_right_after_delivery_puts_the_message_back(work, monkeypatch):
     conn, channel, message = work
     steps: list[str] = []
