@@ -53,6 +53,7 @@ def _fix_nameko_rpc(module: ModuleType) -> None:
     nameko_fixes.fix_rpc_timeouts(module)
     nameko_fixes.fix_rpc_replies(module)
     nameko_fixes.fix_reply_serialization(module)
+    nameko_fixes.fix_method_proxies(module)
 
 
 def _fix_nameko_publish(module: ModuleType) -> None:

@@ -9,6 +9,8 @@ they change is imported; each works on RabbitMQ as well as on Redis.
 - Replies: a service's RPC reply and the ack of its request go to Redis in
   one atomic step (:func:`common.transport.redis.acking_with_reply`); on
   RabbitMQ nothing changes. A reply is serialized once, not twice.
+- Proxies: a ``ServiceProxy`` builds each remote method's proxy once, and a
+  service publishes its replies through one ``Publisher`` per set of settings.
 - Timeouts: every RPC, service-to-service ones included, gives up after
   ``RPC_TIMEOUT`` seconds (config; default :data:`DEFAULT_RPC_TIMEOUT`) with
   ``nameko.exceptions.RpcTimeout``, so no worker waits forever for a reply.
@@ -312,7 +314,7 @@ def fix_reply_serialization(rpc: ModuleType) -> None:
             content_type, content_encoding, body = kombu.serialization.dumps(
                 {"result": None, "error": error}, serializer
             )
-        publisher = self.publisher_cls(self.amqp_uri, ssl=self.ssl, login_method=self.login_method)
+        publisher = reply_publisher(self.publisher_cls, self.amqp_uri, self.ssl, self.login_method)
         publisher.publish(
             body,
             content_type=content_type,
@@ -323,7 +325,49 @@ def fix_reply_serialization(rpc: ModuleType) -> None:
         )
         return result, exc_info
 
+    # A Publisher holds its settings only, so one per set of them serves every reply.
+    publishers: dict[tuple, Any] = {}
+
+    def reply_publisher(publisher_cls, amqp_uri, ssl, login_method):
+        try:
+            key = (publisher_cls, amqp_uri, ssl, login_method)
+            publisher = publishers.get(key)
+        except TypeError:  # an ssl dict: made per reply, as Nameko does
+            return publisher_cls(amqp_uri, ssl=ssl, login_method=login_method)
+        if publisher is None:
+            if len(publishers) >= MAX_CALL_SHAPES:
+                publishers.clear()
+            publisher = publishers[key] = publisher_cls(
+                amqp_uri, ssl=ssl, login_method=login_method
+            )
+        return publisher
+
     rpc.Responder.send_response = send_response
+
+
+def fix_method_proxies(rpc: ModuleType) -> None:
+    """A ``ServiceProxy`` makes the proxy of each remote method once, not once per call.
+
+    ``rpc.users.get(...)`` asks the ``ServiceProxy`` for attribute ``get``,
+    and Nameko builds a new ``MethodProxy`` (and in it a new ``Publisher``)
+    every time. A ``MethodProxy`` keeps nothing of a call (each call's reply
+    event and correlation id are its own), so the first one is kept as the
+    proxy's attribute and serves every later call, from any green thread.
+    Dunder names (``copy`` and ``pickle`` probe for them) are answered as
+    Nameko answers them and not kept.
+    """
+    if not _once(rpc, "method_proxies"):
+        return
+    original = rpc.ServiceProxy.__getattr__
+
+    @functools.wraps(original)
+    def __getattr__(self, name):
+        proxy = original(self, name)
+        if not (name.startswith("__") and name.endswith("__")):
+            self.__dict__[name] = proxy
+        return proxy
+
+    rpc.ServiceProxy.__getattr__ = __getattr__
 
 
 def fix_producer_lookup(publish: ModuleType) -> None:

@@ -184,6 +184,50 @@ def test_a_reply_is_serialized_once_into_what_nameko_sends(
         assert (reply["error"] or {}).get("exc_type") == (exc_info and "ValueError")
 
 
+def test_replies_share_one_publisher_per_set_of_settings():
+    from nameko.rpc import Responder
+
+    made: list = []
+
+    class Publisher:
+        def __init__(self, amqp_uri, **kwargs):
+            made.append((amqp_uri, kwargs))
+
+        def publish(self, body, **kwargs):
+            pass
+
+    def reply(uri: str, ssl=None) -> None:
+        message = SimpleNamespace(
+            properties={"content_type": "application/json", "reply_to": "r", "correlation_id": "c"}
+        )
+        responder = Responder(uri, "nameko-rpc", "json", message)
+        responder.publisher_cls = Publisher
+        responder.ssl = ssl
+        responder.send_response({"n": 1}, None)
+
+    reply("redis://one")
+    reply("redis://one")
+    assert made == [("redis://one", {"ssl": None, "login_method": None})]
+    reply("redis://two")
+    assert len(made) == 2  # other settings, another publisher
+    reply("redis://one", ssl={"ca_certs": "x"})
+    reply("redis://one", ssl={"ca_certs": "x"})
+    assert len(made) == 4  # an ssl dict is no key: one per reply, as Nameko does
+
+
+def test_a_service_proxy_builds_each_method_proxy_once():
+    from nameko.rpc import MethodProxy, ServiceProxy
+
+    worker_ctx = SimpleNamespace(container=SimpleNamespace(config={"AMQP_URI": "redis://x"}))
+    proxy = ServiceProxy(worker_ctx, "users", reply_listener=SimpleNamespace())
+    get = proxy.get
+    assert isinstance(get, MethodProxy)
+    assert (get.service_name, get.method_name) == ("users", "get")
+    assert proxy.get is get
+    assert proxy.register is not get
+    assert proxy.__deepcopy__ is not proxy.__deepcopy__  # dunders: Nameko's way, not kept
+
+
 class _Recoverable(Exception):
     pass
 
