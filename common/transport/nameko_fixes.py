@@ -430,9 +430,11 @@ class ProducerPools:
         found = self._find(amqp_uri, confirms, ssl, login_method, transport_options)
         return None if found is None else found[0]
 
-    def find_ours(self, amqp_uri, confirms=True, ssl=None, login_method=None, options=None):
+    def find_ours(
+        self, amqp_uri, confirms=True, ssl=None, login_method=None, transport_options=None
+    ):
         """The pool if its broker is reached through our Redis transport, else ``None``."""
-        found = self._find(amqp_uri, confirms, ssl, login_method, options)
+        found = self._find(amqp_uri, confirms, ssl, login_method, transport_options)
         return found[0] if found is not None and found[1] else None
 
     def _find(self, amqp_uri, confirms, ssl, login_method, transport_options):
