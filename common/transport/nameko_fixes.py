@@ -49,6 +49,9 @@ RetryOnErrorProducer: Any = None
 #: Call shapes remembered per entrypoint method (and methods remembered) by the
 #: signature check; a method taking ``**kwargs`` binds any keyword names.
 MAX_CALL_SHAPES = 256
+#: Reply publishers kept (one per publisher class, broker and login settings);
+#: a process has one or two, so this only bounds a pathological config.
+MAX_REPLY_PUBLISHERS = 64
 
 
 def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +338,7 @@ def fix_reply_serialization(rpc: ModuleType) -> None:
         except TypeError:  # an ssl dict: made per reply, as Nameko does
             return publisher_cls(amqp_uri, ssl=ssl, login_method=login_method)
         if publisher is None:
-            if len(publishers) >= MAX_CALL_SHAPES:
+            if len(publishers) >= MAX_REPLY_PUBLISHERS:
                 publishers.clear()
             publisher = publishers[key] = publisher_cls(
                 amqp_uri, ssl=ssl, login_method=login_method
