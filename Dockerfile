@@ -8,9 +8,9 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 COPY . .
-# The pinned dependencies; installing the project also installs the .pth file
+# The pinned dependencies; installing the Redis transport library also installs the .pth file
 # that activates the Redis transport in every Python process of the image.
-RUN pip install --constraint constraints.txt . \
+RUN pip install --constraint constraints.txt ./nameko-redis-transport . \
     && useradd --system --no-create-home shop
 USER shop
 

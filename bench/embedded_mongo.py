@@ -29,7 +29,7 @@ from bson import Decimal128
 from pymongo import IndexModel, MongoClient, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from common.embedded import free_port, wait_for_port
+from devtools.embedded import free_port, wait_for_port
 
 #: name -> (module, argv for a port and data directory, extra argv for durable commits)
 CANDIDATES: dict[str, tuple[str, Callable[[int, Path], list[str]], list[str]]] = {

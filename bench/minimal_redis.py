@@ -1,7 +1,7 @@
 """Stock kombu Redis with only the two fixes Nameko RPC needs to work at all.
 
 This module exists only as the ``stock-redis`` baseline of ``bench/rpc.py``:
-it shows what our transport (``common.transport.redis``) costs or saves
+it shows what our transport (``nameko_redis_transport.redis``) costs or saves
 against kombu's own Redis transport. No service uses it; it is not a
 transport to run the shop on.
 
@@ -72,7 +72,7 @@ def install() -> None:
 
     Refuses when our transport is active: the comparison would be meaningless.
     """
-    from common.transport import activation
+    from nameko_redis_transport import activation
 
     if activation.is_active():
         raise RuntimeError("the stock-redis baseline needs SHOP_TRANSPORT=stock")

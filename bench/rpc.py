@@ -366,8 +366,7 @@ def run_client(args: argparse.Namespace) -> int:
     _start_nameko_process(args.path)
     import kombu
     from nameko.standalone.rpc import ClusterRpcProxy
-
-    from common.transport import activation
+    from nameko_redis_transport import activation
 
     config = {"AMQP_URI": args.uri}
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from common.embedded import free_port
+from devtools.embedded import free_port
 from gateway.service import GatewayService
 from orders.service import OrdersService
 from payments.service import PaymentsService

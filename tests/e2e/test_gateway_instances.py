@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from common.embedded import free_port
+from devtools.embedded import free_port
 from gateway.service import GatewayService
 from orders.service import OrdersService
 from payments.service import PaymentsService

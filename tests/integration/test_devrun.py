@@ -1,4 +1,4 @@
-"""``python -m common.devrun`` with a throwaway Procfile: prefixed logs, clean shutdown."""
+"""``python -m devtools.run`` with a throwaway Procfile: prefixed logs, clean shutdown."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import redis
 from pymongo import MongoClient
 
-from common.embedded import port_is_open
+from devtools.embedded import port_is_open
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIME = r"\d\d:\d\d:\d\d"
@@ -48,7 +48,7 @@ def is_alive(pid: int) -> bool:
 
 
 class DevRun:
-    """``python -m common.devrun`` in a child process, its output collected line by line."""
+    """``python -m devtools.run`` in a child process, its output collected line by line."""
 
     def __init__(self, procfile: Path, env_overrides: dict[str, str] | None = None) -> None:
         env = {
@@ -59,7 +59,7 @@ class DevRun:
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                *("-m", "common.devrun"),
+                *("-m", "devtools.run"),
                 *("--procfile", str(procfile)),
                 *("--data-dir", str(procfile.parent / "var")),
                 "--embedded",

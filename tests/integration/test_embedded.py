@@ -15,7 +15,7 @@ import redis
 from pymongo import IndexModel, MongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from common.embedded import (
+from devtools.embedded import (
     EmbeddedMongo,
     EmbeddedRedis,
     EmbeddedServerError,
@@ -177,7 +177,7 @@ class TestWhatTheServicesNeed:
 class TestDiesWithItsParent:
     SCRIPT = """
 import os, signal, sys
-from common.embedded import EmbeddedMongo, EmbeddedRedis
+from devtools.embedded import EmbeddedMongo, EmbeddedRedis
 redis_server = EmbeddedRedis().start()
 mongo_server = EmbeddedMongo().start()
 print(redis_server.pid, mongo_server.pid, flush=True)

@@ -10,8 +10,8 @@ import eventlet
 import pytest
 from nameko.rpc import rpc
 
-from common.embedded import free_port
 from common.tokens import TokenIssuer
+from devtools.embedded import free_port
 from gateway.service import GatewayService
 from tests.fixtures.services import TEST_JWT_SECRET
 from tests.support import http_json

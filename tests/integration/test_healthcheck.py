@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nameko.rpc import rpc
 
-from common.embedded import EmbeddedRedis
+from devtools.embedded import EmbeddedRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from nameko.testing.utils import get_extension
 from pymongo import IndexModel, MongoClient
 from pymongo.errors import DuplicateKeyError, InvalidOperation
 
-from common.embedded import free_port
 from common.mongo import Mongo, MongoConnectionError, MongoIndexError, ping
+from devtools.embedded import free_port
 
 
 class AccountsService:

@@ -11,10 +11,10 @@ import pytest
 from nameko.testing.utils import get_extension
 from pymongo import MongoClient
 
-from common.embedded import free_port
 from common.errors import ShopError
 from common.mongo import Mongo
 from common.ops_http import OpsWebServer
+from devtools.embedded import free_port
 from orders.service import OrdersService
 from payments.service import PaymentsService
 from tests.support import http_json, wait_for

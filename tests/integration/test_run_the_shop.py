@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from common.embedded import free_port
+from devtools.embedded import free_port
 from tests.integration.test_devrun import REPO_ROOT, DevRun
 from tests.support import http_json, wait_for
 

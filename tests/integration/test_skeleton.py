@@ -10,7 +10,7 @@ import pytest
 from nameko.containers import ServiceContainer
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common.embedded import free_port
+from devtools.embedded import free_port
 from gateway.service import GatewayService
 from orders.service import OrdersService
 from payments.service import PaymentsService

@@ -116,7 +116,7 @@ def test_config_transport_options_reach_consumers_publishers_and_proxies(
 
 
 def test_options_in_the_broker_url_work_and_extend_nameko_defaults(redis_broker_only):
-    from common.transport.nameko_fixes import normalize_config
+    from nameko_redis_transport.nameko_fixes import normalize_config
 
     base = redis_broker_only.config()
     config = normalize_config(dict(base, AMQP_URI=base["AMQP_URI"] + "?visibility_timeout=13"))
@@ -129,7 +129,7 @@ def test_options_in_the_broker_url_work_and_extend_nameko_defaults(redis_broker_
 
 
 def test_a_reply_acks_its_request_in_the_same_step(broker, run_services, monkeypatch):
-    from common.transport import redis as transport
+    from nameko_redis_transport import redis as transport
 
     separate_acks: list[str] = []
     remove_slot = transport.QoS._remove_slot
@@ -192,8 +192,7 @@ def declared_queue(broker, name: str):
     """``(uri, transport options, connection, queue)``: queue ``name`` declared on the
     direct exchange ``<name>-ex`` with routing key ``k``, and a connection to read it."""
     import kombu
-
-    from common.transport.nameko_fixes import normalize_config
+    from nameko_redis_transport.nameko_fixes import normalize_config
 
     config = normalize_config(broker.config())
     uri, options = config["AMQP_URI"], config["TRANSPORT_OPTIONS"]
@@ -335,9 +334,8 @@ def test_a_direct_publish_lost_to_a_broken_connection_is_made_again_nameko_s_way
     redis_broker_only, monkeypatch
 ):
     from nameko.amqp.publish import Publisher
+    from nameko_redis_transport.redis import Channel
     from redis.exceptions import ConnectionError as RedisConnectionError
-
-    from common.transport.redis import Channel
 
     with declared_queue(redis_broker_only, "retried") as (uri, options, conn, queue):
         publisher = Publisher(uri, exchange=queue.exchange, routing_key="k")

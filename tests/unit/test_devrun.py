@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.devrun import child_environment, parse_args, read_procfile
+from devtools.run import child_environment, parse_args, read_procfile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Helpers of common.embedded that need no server of their own."""
+"""Helpers of devtools.embedded that need no server of their own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.embedded import (
+from devtools.embedded import (
     EmbeddedMongo,
     EmbeddedRedis,
     EmbeddedServerError,

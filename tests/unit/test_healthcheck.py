@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from common.embedded import free_port
 from common.healthcheck import main, parse_args
+from devtools.embedded import free_port
 
 
 class Handler(BaseHTTPRequestHandler):

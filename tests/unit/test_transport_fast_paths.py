@@ -116,8 +116,7 @@ def test_a_producer_keeps_its_channel_only_while_connections_are_left_for_others
     monkeypatch, limit, connections_limit, free_connections, kept
 ):
     from kombu.resource import Resource
-
-    from common.transport.nameko_fixes import release_keeping_channel
+    from nameko_redis_transport.nameko_fixes import release_keeping_channel
 
     kept_by_base = []
     monkeypatch.setattr(Resource, "release", lambda pool, producer: kept_by_base.append(producer))
@@ -146,7 +145,7 @@ def test_a_reply_is_serialized_once_into_what_nameko_sends(
     import kombu.serialization
     from nameko.rpc import Responder
 
-    assert Responder.send_response.__module__ == "common.transport.nameko_fixes"
+    assert Responder.send_response.__module__ == "nameko_redis_transport.nameko_fixes"
     published: list[tuple] = []
 
     class Publisher:
@@ -244,8 +243,7 @@ def test_a_publish_takes_ensures_way_only_after_a_recoverable_error(
     monkeypatch, failures, error, attempts, through_ensure
 ):
     from kombu import Producer
-
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     tries: list = []
 
@@ -274,8 +272,7 @@ def test_one_socket_is_waited_for_directly_and_several_the_kombu_way(monkeypatch
 
     from eventlet.hubs import trampoline
     from kombu.utils.eventio import ERR, READ, _select
-
-    from common.transport.redis import GreenSocketPoller
+    from nameko_redis_transport.redis import GreenSocketPoller
 
     waited: list = []
     poller = GreenSocketPoller(
@@ -337,8 +334,7 @@ def test_a_redis_message_goes_to_its_entrypoint_directly_while_workers_are_free(
     redis_message, free_workers, inline
 ):
     from nameko.messaging import QueueConsumer
-
-    from common.transport.redis import Channel
+    from nameko_redis_transport.redis import Channel
 
     handled: list = []
     spawned: list = []

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from nameko_redis_transport import resp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from common.transport import resp
 
 
 class ChunkedSocket:

@@ -423,7 +423,7 @@ class EmbeddedMongo(_EmbeddedServer):
         # An explicit, empty config file stops the server from picking up a
         # secantusd.toml from the working or home directory.
         config = data_dir / "secantusd.toml"
-        config.write_text("# Written by common.embedded; flags carry the settings.\n")
+        config.write_text("# Written by devtools.embedded; flags carry the settings.\n")
         command = [
             sys.executable,
             *("-m", "secantus"),

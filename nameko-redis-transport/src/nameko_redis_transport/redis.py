@@ -1,7 +1,7 @@
 """Kombu's Redis transport, made correct for Nameko.
 
 Registered for ``redis://``, ``rediss://`` and ``sentinel://`` by
-:mod:`common.transport.activation`, so ``AMQP_URI: redis://...`` picks it up in
+:mod:`nameko_redis_transport.activation`, so ``AMQP_URI: redis://...`` picks it up in
 every process. Each class below fixes one way stock kombu loses, hangs or
 duplicates Nameko's messages; ``docs/transport.md`` explains them in full.
 
@@ -39,8 +39,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.transport import resp
-from common.transport.options import registered_transport_options
+from nameko_redis_transport import resp
+from nameko_redis_transport.options import registered_transport_options
 
 log = logging.getLogger(__name__)
 
@@ -1218,7 +1218,7 @@ class Channel(kombu_redis.Channel):
         resp.send_command(connection, command)
 
     def _brpop_read(self, **options: Any) -> bool:
-        """As kombu's, but the reply is read by :mod:`common.transport.resp`.
+        """As kombu's, but the reply is read by :mod:`nameko_redis_transport.resp`.
 
         The BRPOP connection carries nothing but this channel's BRPOPs, one at
         a time, so nothing else reads its stream.

@@ -1,6 +1,6 @@
-"""Run the whole shop on this machine: ``python -m common.devrun``.
+"""Run the whole shop on this machine: ``python -m devtools.run``.
 
-Finds a broker and a MongoDB (``common.embedded.resolve_broker_url`` and
+Finds a broker and a MongoDB (``devtools.embedded.resolve_broker_url`` and
 ``resolve_mongo_uri``: the environment's ``AMQP_URI``/``REDIS_URL`` and
 ``MONGO_URI`` first, then a Redis on 127.0.0.1:6379, then embedded servers),
 exports them as ``AMQP_URI``, ``REDIS_URL`` and ``MONGO_URI``, and runs every
@@ -28,13 +28,13 @@ from honcho.environ import parse_procfile
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
-from common.embedded import (
+from common.uris import redact_uri
+from devtools.embedded import (
     LOCAL_REDIS,
     EmbeddedServerError,
     resolve_broker_url,
     resolve_mongo_uri,
 )
-from common.uris import redact_uri
 
 DEFAULT_PROCFILE = "Procfile"
 DEFAULT_DATA_DIR = "var"
@@ -47,7 +47,7 @@ SIGINT_EXIT_CODE = 130
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line: which Procfile, where embedded data lives, whether to probe :6379."""
     parser = argparse.ArgumentParser(
-        prog="python -m common.devrun", description=__doc__.split("\n\n")[0]
+        prog="python -m devtools.run", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--procfile",

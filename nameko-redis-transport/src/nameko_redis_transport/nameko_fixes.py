@@ -1,13 +1,13 @@
 """The few fixes that belong on Nameko's side, not the transport's.
 
-Applied by :mod:`common.transport.activation` right after the Nameko module
+Applied by :mod:`nameko_redis_transport.activation` right after the Nameko module
 they change is imported; each works on RabbitMQ as well as on Redis.
 
 - Config: ``TRANSPORT_OPTIONS`` extends Nameko's default options instead of
   replacing them, options may also be given in ``AMQP_URI``'s query string,
-  and both reach every connection (see :mod:`common.transport.options`).
+  and both reach every connection (see :mod:`nameko_redis_transport.options`).
 - Replies: a service's RPC reply and the ack of its request go to Redis in
-  one atomic step (:func:`common.transport.redis.acking_with_reply`); on
+  one atomic step (:func:`nameko_redis_transport.redis.acking_with_reply`); on
   RabbitMQ nothing changes. A reply is serialized once, not twice.
 - Proxies: a ``ServiceProxy`` builds each remote method's proxy once, and a
   service publishes its replies through one ``Publisher`` per set of settings.
@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
-from common.transport.options import register_transport_options, split_uri_options
+from nameko_redis_transport.options import register_transport_options, split_uri_options
 
 #: Config key: seconds an RPC caller waits for the reply; 0 or null waits forever.
 RPC_TIMEOUT_CONFIG_KEY = "RPC_TIMEOUT"
@@ -166,7 +166,7 @@ def fix_message_handoff(messaging: ModuleType) -> None:
     """
     if not _once(messaging, "handoff"):
         return
-    from common.transport.redis import Channel as RedisChannel
+    from nameko_redis_transport.redis import Channel as RedisChannel
 
     original = messaging.QueueConsumer.handle_message
 
@@ -269,7 +269,7 @@ def fix_rpc_replies(rpc: ModuleType) -> None:
     """A reply over our Redis transport acks its request in the same step."""
     if not _once(rpc, "replies"):
         return
-    from common.transport.redis import acking_with_reply
+    from nameko_redis_transport.redis import acking_with_reply
 
     original = rpc.RpcConsumer.handle_result
 
@@ -454,7 +454,7 @@ class ProducerPools:
             from kombu import Connection
             from kombu.utils.collections import eqhash
 
-            from common.transport.redis import Transport as RedisTransport
+            from nameko_redis_transport.redis import Transport as RedisTransport
 
             connection = Connection(
                 amqp_uri,

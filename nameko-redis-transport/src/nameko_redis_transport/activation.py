@@ -1,6 +1,6 @@
 """Switches the Redis transport and Nameko's fixes on, in every process.
 
-Imported at interpreter start by ``shop_nameko_redis.pth`` (installed into
+Imported at interpreter start by ``nameko_redis_transport.pth`` (installed into
 site-packages with this project), so ``nameko run``, ``nameko shell``, pytest
 and plain scripts all get the same behaviour without importing anything.
 
@@ -22,33 +22,33 @@ from types import ModuleType
 
 def _register_redis_transport(kombu_transport: ModuleType) -> None:
     kombu_transport.TRANSPORT_ALIASES.update(
-        redis="common.transport.redis:Transport",
-        rediss="common.transport.redis:Transport",
-        sentinel="common.transport.redis:SentinelTransport",
+        redis="nameko_redis_transport.redis:Transport",
+        rediss="nameko_redis_transport.redis:Transport",
+        sentinel="nameko_redis_transport.redis:SentinelTransport",
     )
 
 
 def _fix_nameko_containers(module: ModuleType) -> None:
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     nameko_fixes.fix_service_container(module)
     nameko_fixes.fix_timing_logs(module)
 
 
 def _fix_nameko_extensions(module: ModuleType) -> None:
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     nameko_fixes.fix_signature_check(module)
 
 
 def _fix_nameko_messaging(module: ModuleType) -> None:
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     nameko_fixes.fix_message_handoff(module)
 
 
 def _fix_nameko_rpc(module: ModuleType) -> None:
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     nameko_fixes.fix_rpc_timeouts(module)
     nameko_fixes.fix_rpc_replies(module)
@@ -57,20 +57,20 @@ def _fix_nameko_rpc(module: ModuleType) -> None:
 
 
 def _fix_nameko_publish(module: ModuleType) -> None:
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     nameko_fixes.fix_producer_lookup(module)
     nameko_fixes.fix_direct_publish(module)
 
 
 def _fix_nameko_standalone_rpc(module: ModuleType) -> None:
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     nameko_fixes.fix_standalone_rpc(module)
 
 
 def _fix_nameko_standalone_events(module: ModuleType) -> None:
-    from common.transport import nameko_fixes
+    from nameko_redis_transport import nameko_fixes
 
     nameko_fixes.fix_standalone_events(module)
 

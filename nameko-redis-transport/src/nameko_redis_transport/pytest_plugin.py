@@ -6,7 +6,7 @@ the activation hooks would never see ``nameko.*`` imported. Loading this
 plugin puts them back in front, before any test or conftest imports Nameko.
 """
 
-from common.transport import activation
+from nameko_redis_transport import activation
 
 if activation.is_active():
     activation.activate()
