@@ -9,8 +9,7 @@ import eventlet
 eventlet.monkey_patch()
 
 pytest_plugins = [
-    "tests.fixtures.brokers",
-    "tests.fixtures.processes",
+    "nameko_redis_transport.testing.brokers",
     "tests.fixtures.mongo",
     "tests.fixtures.services",
 ]

@@ -10,8 +10,7 @@ import pytest
 from nameko.containers import ServiceContainer
 from nameko.exceptions import IncorrectSignature, RemoteError, RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
-
-from tests.integration.transport_services import Echo, OutOfCheese, Sleeper
+from transport_services import Echo, OutOfCheese, Sleeper
 
 
 @pytest.fixture

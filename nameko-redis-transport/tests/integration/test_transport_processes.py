@@ -11,14 +11,16 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import yaml
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko_redis_transport.testing.processes import NAMEKO
 
-from tests.fixtures.processes import NAMEKO, REPO_ROOT
-
-SERVICES = "tests.integration.transport_services"
+#: ``nameko run`` imports the services from its working directory, this one.
+SERVICES_DIR = Path(__file__).resolve().parent
+SERVICES = "transport_services"
 VISIBILITY = 3  # the test brokers' visibility timeout, in seconds
 
 
@@ -63,7 +65,7 @@ def test_nameko_run_serves_a_plain_script_and_nameko_shell(broker, service_proce
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=REPO_ROOT,
+        cwd=SERVICES_DIR,
     )
     assert "shell says shell" in shell.stdout, shell.stderr
 
