@@ -1,7 +1,7 @@
 """Stock kombu Redis with only the two fixes Nameko RPC needs to work at all.
 
 This module exists only as the ``stock-redis`` baseline of ``bench/rpc.py``:
-it shows what our transport (``nameko_redis_transport.redis``) costs or saves
+it shows what our transport (``nameko_redis_transport.transport``) costs or saves
 against kombu's own Redis transport. No service uses it; it is not a
 transport to run the shop on.
 

@@ -22,9 +22,9 @@ from types import ModuleType
 
 def _register_redis_transport(kombu_transport: ModuleType) -> None:
     kombu_transport.TRANSPORT_ALIASES.update(
-        redis="nameko_redis_transport.redis:Transport",
-        rediss="nameko_redis_transport.redis:Transport",
-        sentinel="nameko_redis_transport.redis:SentinelTransport",
+        redis="nameko_redis_transport.transport:Transport",
+        rediss="nameko_redis_transport.transport:Transport",
+        sentinel="nameko_redis_transport.transport:SentinelTransport",
     )
 
 

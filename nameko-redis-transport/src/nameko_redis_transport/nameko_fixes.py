@@ -166,7 +166,7 @@ def fix_message_handoff(messaging: ModuleType) -> None:
     """
     if not _once(messaging, "handoff"):
         return
-    from nameko_redis_transport.redis import Channel as RedisChannel
+    from nameko_redis_transport.channel import Channel as RedisChannel
 
     original = messaging.QueueConsumer.handle_message
 
@@ -269,7 +269,7 @@ def fix_rpc_replies(rpc: ModuleType) -> None:
     """A reply over our Redis transport acks its request in the same step."""
     if not _once(rpc, "replies"):
         return
-    from nameko_redis_transport.redis import acking_with_reply
+    from nameko_redis_transport.delivery import acking_with_reply
 
     original = rpc.RpcConsumer.handle_result
 
@@ -454,7 +454,7 @@ class ProducerPools:
             from kombu import Connection
             from kombu.utils.collections import eqhash
 
-            from nameko_redis_transport.redis import Transport as RedisTransport
+            from nameko_redis_transport.transport import Transport as RedisTransport
 
             connection = Connection(
                 amqp_uri,

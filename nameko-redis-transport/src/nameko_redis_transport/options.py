@@ -5,7 +5,7 @@ only: publishers, RPC replies and standalone proxies connect with Nameko's
 defaults. For Redis that matters, because options such as
 ``visibility_timeout`` must agree across every process touching the broker.
 So when a container or proxy starts, its config's options are registered here
-for its broker URL, and :class:`nameko_redis_transport.redis.Channel` applies them
+for its broker URL, and :class:`nameko_redis_transport.channel.Channel` applies them
 to every connection to that broker.
 """
 

@@ -273,7 +273,7 @@ def test_a_reply_queue_is_consumed_without_ack_bookkeeping_and_requests_with_it(
 def test_scripts_take_redis_pys_way_when_their_connection_is_busy_unknown_or_lost(connect):
     import socket
 
-    from nameko_redis_transport.redis import PUBLISH_SCRIPT
+    from nameko_redis_transport.scripts import PUBLISH_SCRIPT
 
     queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
     conn = connect()
@@ -341,7 +341,7 @@ def test_an_ack_right_after_delivery_never_leaves_the_slot_behind(work):
 
 
 def test_a_reply_right_after_delivery_acks_the_request_for_good(work):
-    from nameko_redis_transport.redis import acking_with_reply
+    from nameko_redis_transport.delivery import acking_with_reply
 
     conn, channel, message = work
     with acking_with_reply(message):  # as Nameko's reply: publish and ack in one step
@@ -354,7 +354,7 @@ def test_a_reply_right_after_delivery_acks_the_request_for_good(work):
 
 def test_a_reply_from_another_connection_does_not_wait_for_its_request_s_record(work, connect):
     """Fix 29: the reply's publish reads nothing of the consumer's; its ack still holds."""
-    from nameko_redis_transport.redis import acking_with_reply
+    from nameko_redis_transport.delivery import acking_with_reply
 
     conn, channel, message = work
     replier = connect()  # as Nameko's producers: another connection
@@ -370,7 +370,9 @@ def test_a_reply_from_another_connection_does_not_wait_for_its_request_s_record(
 
 def test_a_record_that_comes_after_its_request_s_ack_makes_no_slot(connect, monkeypatch):
     """Fix 29: an ack that overtakes the slot's record leaves a mark the record obeys."""
-    from nameko_redis_transport.redis import ACKED_MARK_MS, Channel, acking_with_reply
+    from nameko_redis_transport.channel import Channel
+    from nameko_redis_transport.delivery import acking_with_reply
+    from nameko_redis_transport.scripts import ACKED_MARK_MS
 
     queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
     conn, replier = connect(), connect()

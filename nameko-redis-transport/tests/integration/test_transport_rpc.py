@@ -128,7 +128,7 @@ def test_options_in_the_broker_url_work_and_extend_nameko_defaults(redis_broker_
 
 
 def test_a_reply_acks_its_request_in_the_same_step(broker, run_services, monkeypatch):
-    from nameko_redis_transport import redis as transport
+    from nameko_redis_transport import delivery as transport
 
     separate_acks: list[str] = []
     remove_slot = transport.QoS._remove_slot
@@ -333,7 +333,7 @@ def test_a_direct_publish_lost_to_a_broken_connection_is_made_again_nameko_s_way
     redis_broker_only, monkeypatch
 ):
     from nameko.amqp.publish import Publisher
-    from nameko_redis_transport.redis import Channel
+    from nameko_redis_transport.channel import Channel
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     with declared_queue(redis_broker_only, "retried") as (uri, options, conn, queue):

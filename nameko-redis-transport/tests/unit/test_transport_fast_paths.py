@@ -272,7 +272,7 @@ def test_one_socket_is_waited_for_directly_and_several_the_kombu_way(monkeypatch
 
     from eventlet.hubs import trampoline
     from kombu.utils.eventio import ERR, READ, _select
-    from nameko_redis_transport.redis import GreenSocketPoller
+    from nameko_redis_transport.polling import GreenSocketPoller
 
     waited: list = []
     poller = GreenSocketPoller(
@@ -334,7 +334,7 @@ def test_a_redis_message_goes_to_its_entrypoint_directly_while_workers_are_free(
     redis_message, free_workers, inline
 ):
     from nameko.messaging import QueueConsumer
-    from nameko_redis_transport.redis import Channel
+    from nameko_redis_transport.channel import Channel
 
     handled: list = []
     spawned: list = []
