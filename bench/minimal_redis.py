@@ -40,7 +40,7 @@ UNDECLARED_EXCHANGE_TYPE = "topic"
 
 
 class Message(virtual.Message):
-    """Fix 2: ``properties`` carry ``content_type``, as AMQP's do."""
+    """``properties`` carry ``content_type``, as AMQP's do (docs/transport.md)."""
 
     def __init__(self, payload: dict, channel: Any = None, **kwargs: Any) -> None:
         super().__init__(payload, channel=channel, **kwargs)
@@ -57,7 +57,7 @@ class Channel(kombu_redis.Channel):
     Message = Message
 
     def typeof(self, exchange: str, default: str = UNDECLARED_EXCHANGE_TYPE):
-        """Fix 1: an exchange this connection never declared is a topic exchange."""
+        """An exchange this connection never declared is a topic exchange (docs/transport.md)."""
         return super().typeof(exchange, default=default)
 
 

@@ -353,7 +353,7 @@ def test_a_reply_right_after_delivery_acks_the_request_for_good(work):
 
 
 def test_a_reply_from_another_connection_does_not_wait_for_its_request_s_record(work, connect):
-    """Fix 29: the reply's publish reads nothing of the consumer's; its ack still holds."""
+    """The reply's publish reads nothing of the consumer's; its ack still holds."""
     from nameko_redis_transport.delivery import acking_with_reply
 
     conn, channel, message = work
@@ -369,7 +369,7 @@ def test_a_reply_from_another_connection_does_not_wait_for_its_request_s_record(
 
 
 def test_a_record_that_comes_after_its_request_s_ack_makes_no_slot(connect, monkeypatch):
-    """Fix 29: an ack that overtakes the slot's record leaves a mark the record obeys."""
+    """An ack that overtakes the slot's record leaves a mark the record obeys."""
     from nameko_redis_transport.channel import Channel
     from nameko_redis_transport.delivery import acking_with_reply
     from nameko_redis_transport.scripts import ACKED_MARK_MS
