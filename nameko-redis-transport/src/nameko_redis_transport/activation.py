@@ -22,10 +22,12 @@ from nameko_redis_transport import patches
 
 #: The modules whose import runs :func:`patches.apply_enabled`.
 TARGETS = patches.targets()
+#: Our modules defining patch functions: their import ends with :func:`patches.apply_deferred`.
+IMPLEMENTERS = patches.implementers()
 
 
 class _HookedLoader(importlib.abc.Loader):
-    """Applies the enabled patches right after the wrapped loader executed the module."""
+    """Applies the patches due right after the wrapped loader executed the module."""
 
     def __init__(self, loader: importlib.abc.Loader):
         self._loader = loader
@@ -38,17 +40,21 @@ class _HookedLoader(importlib.abc.Loader):
         if module.__spec__ is not None:
             module.__spec__.loader = self._loader
         self._loader.exec_module(module)
-        patches.apply_enabled(module.__name__, module)
+        name = module.__name__
+        if name in TARGETS:
+            patches.apply_enabled(name, module)
+        if name in IMPLEMENTERS:
+            patches.apply_deferred(name)
 
     def __getattr__(self, name: str):
         return getattr(self._loader, name)
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):
-    """Finds the targets through the other finders and wraps their loader."""
+    """Finds the targets and implementers through the other finders and wraps their loader."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname not in TARGETS:
+        if fullname not in TARGETS and fullname not in IMPLEMENTERS:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -76,6 +82,8 @@ def activate() -> None:
         module = sys.modules.get(name)
         if module is not None:
             patches.apply_enabled(name, module)
+    for name in IMPLEMENTERS & sys.modules.keys():
+        patches.apply_deferred(name)
 
 
 def _import_order(name: str) -> int:

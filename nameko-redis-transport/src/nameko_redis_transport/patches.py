@@ -244,11 +244,45 @@ def apply_patch(
     return True
 
 
+def implementer(patch: Patch) -> str:
+    """The module defining ``patch``'s function."""
+    return patch.apply.partition(":")[0]
+
+
+def implementers(patches: Iterable[Patch] = PATCHES) -> frozenset[str]:
+    """The modules defining the patches' functions."""
+    return frozenset(implementer(patch) for patch in patches)
+
+
+#: (patch, target) pairs waiting for their implementing module to finish importing.
+_deferred: list[tuple[Patch, ModuleType]] = []
+
+
+def _importing(module_name: str) -> bool:
+    # A module of ours imported before its Nameko module imports that module first, so
+    # activation's hook asks for the patch before the function exists. importlib marks a
+    # module's spec while its body runs; such a patch waits for apply_deferred.
+    module = sys.modules.get(module_name)
+    return module is not None and getattr(module.__spec__, "_initializing", False)
+
+
 def apply_enabled(name: str, module: ModuleType, environ: Mapping[str, str] = os.environ) -> None:
     """Apply every enabled patch whose target is ``module`` (named ``name``): activation's hook."""
     for patch in enabled_patches(disabled_ids(environ)):
-        if patch.target == name:
+        if patch.target != name:
+            continue
+        waiting = {deferred.id for deferred, _ in _deferred}
+        if _importing(implementer(patch)) or waiting.intersection(patch.requires):
+            _deferred.append((patch, module))
+        else:
             apply_patch(patch, module)
+
+
+def apply_deferred(implementer_name: str) -> None:
+    """Apply the patches that waited for module ``implementer_name`` to finish importing."""
+    for item in [item for item in _deferred if implementer(item[0]) == implementer_name]:
+        _deferred.remove(item)
+        apply_patch(*item)
 
 
 def apply(*ids: str) -> list[str]:
