@@ -16,8 +16,10 @@ registered = patches.apply("kombu-aliases")  # the one patch a project without a
 
 import nameko.rpc  # noqa: E402
 from nameko.containers import get_container_cls  # noqa: E402
+from nameko.events import event_handler  # noqa: E402
 from nameko.exceptions import RpcTimeout  # noqa: E402
 from nameko.extensions import DependencyProvider  # noqa: E402
+from nameko_redis_transport.nameko.events import EventDispatcher  # noqa: E402
 from nameko_redis_transport.nameko.rpc import RpcProxy, rpc  # noqa: E402
 from nameko_redis_transport.nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 
@@ -47,10 +49,22 @@ class Sleeper:
         return seconds
 
 
+heard = []
+
+
+class Listener:
+    name = "listener"
+
+    @event_handler("caller", "called")
+    def on_called(self, payload):
+        heard.append(payload)
+
+
 class Caller:
     name = "caller"
     sleeper = RpcProxy("sleeper")
     resource = SlowToStart()
+    dispatch = EventDispatcher()
 
     @rpc
     def state(self):
@@ -58,6 +72,7 @@ class Caller:
 
     @rpc
     def call(self, seconds):
+        self.dispatch("called", {"seconds": seconds})
         try:
             return self.sleeper.sleep(seconds)
         except RpcTimeout:
@@ -82,13 +97,17 @@ def main(uri: str, prefix: str) -> dict:
     first.stop()
     with ClusterRpcProxy(config, timeout=10) as proxy:
         waiting = [proxy.caller.state.call_async() for _ in range(3)]
-        containers = [container_cls(Caller, config), container_cls(Sleeper, config)]
+        containers = [container_cls(cls, config) for cls in (Caller, Sleeper, Listener)]
         for container in containers:
             container.start()
         try:
             seen["waiting"] = [reply.result() for reply in waiting]
             seen["fast"] = proxy.caller.call(0.05)
             seen["slow"] = proxy.caller.call(3)
+            with eventlet.Timeout(5, False):
+                while len(heard) < 2:
+                    eventlet.sleep(0.05)
+            seen["heard"] = sorted(payload["seconds"] for payload in heard)
         finally:
             for container in containers:
                 container.kill()

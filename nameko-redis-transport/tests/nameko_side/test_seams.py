@@ -45,6 +45,7 @@ def test_a_project_using_only_the_seams_gets_their_behaviour_over_redis():
     assert seen["waiting"] == ["ready"] * 3  # dependencies started before entrypoints
     assert seen["fast"] == 0.05
     assert seen["slow"] == "timeout"  # RpcProxy calls give up after RPC_TIMEOUT
+    assert seen["heard"] == [0.05, 3]  # events dispatched through the library's publisher
 
 
 def test_the_seam_classes_publish_directly_and_make_each_method_proxy_once():
@@ -52,6 +53,7 @@ def test_the_seam_classes_publish_directly_and_make_each_method_proxy_once():
 
     from nameko.rpc import Rpc as NamekoRpc
     from nameko_redis_transport.nameko.containers import ServiceContainer
+    from nameko_redis_transport.nameko.events import EventDispatcher
     from nameko_redis_transport.nameko.publish import Publisher
     from nameko_redis_transport.nameko.rpc import (
         MethodProxy,
@@ -70,6 +72,7 @@ def test_the_seam_classes_publish_directly_and_make_each_method_proxy_once():
     assert type(get.publisher) is Publisher
     assert Responder.publisher_cls is Publisher
     assert type(Rpc.rpc_consumer) is RpcConsumer and issubclass(Rpc, NamekoRpc)
+    assert EventDispatcher.publisher_cls is Publisher
 
     config = {"AMQP_URI": "redis://127.0.0.1:6379/0?visibility_timeout=7"}
 
