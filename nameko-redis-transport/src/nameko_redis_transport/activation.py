@@ -83,7 +83,8 @@ def activate() -> None:
         if module is not None:
             patches.apply_enabled(name, module)
     for name in IMPLEMENTERS & sys.modules.keys():
-        patches.apply_deferred(name)
+        if not patches.being_imported(name):
+            patches.apply_deferred(name)
 
 
 def _import_order(name: str) -> int:

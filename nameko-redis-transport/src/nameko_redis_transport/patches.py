@@ -258,7 +258,8 @@ def implementers(patches: Iterable[Patch] = PATCHES) -> frozenset[str]:
 _deferred: list[tuple[Patch, ModuleType]] = []
 
 
-def _importing(module_name: str) -> bool:
+def being_imported(module_name: str) -> bool:
+    """True while module ``module_name``'s body runs (it is partially initialized)."""
     # A module of ours imported before its Nameko module imports that module first, so
     # activation's hook asks for the patch before the function exists. importlib marks a
     # module's spec while its body runs; such a patch waits for apply_deferred.
@@ -272,7 +273,7 @@ def apply_enabled(name: str, module: ModuleType, environ: Mapping[str, str] = os
         if patch.target != name:
             continue
         waiting = {deferred.id for deferred, _ in _deferred}
-        if _importing(implementer(patch)) or waiting.intersection(patch.requires):
+        if being_imported(implementer(patch)) or waiting.intersection(patch.requires):
             _deferred.append((patch, module))
         else:
             apply_patch(patch, module)
