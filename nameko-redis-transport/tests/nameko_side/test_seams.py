@@ -1,4 +1,5 @@
-"""The explicit seams work on their own: activation off, only the transport registered."""
+"""The explicit seams work on their own (activation off, only the transport registered)
+and together with activation's patches."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import redis
 
 SCRIPT = Path(__file__).with_name("explicit_seams_script.py")
@@ -18,10 +20,11 @@ def redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def test_a_project_using_only_the_seams_gets_their_behaviour_over_redis():
+@pytest.mark.parametrize("activation", ["off", "on"])
+def test_a_project_using_the_seams_gets_their_behaviour_over_redis(activation):
     prefix = f"seams-{uuid.uuid4().hex[:8]}:"
     env = {k: v for k, v in os.environ.items() if k != "SHOP_TRANSPORT"}
-    env["NAMEKO_REDIS_TRANSPORT"] = "stock"
+    env["NAMEKO_REDIS_TRANSPORT"] = "stock" if activation == "off" else "on"
     client = redis.Redis.from_url(redis_url())
     try:
         done = subprocess.run(  # noqa: S603 (our own interpreter and script)
@@ -39,8 +42,12 @@ def test_a_project_using_only_the_seams_gets_their_behaviour_over_redis():
             client.delete(key)
         client.close()
 
-    assert seen["active"] is False and seen["registered"] == ["kombu-aliases"]
-    assert seen["nameko_responder"] == "nameko.rpc"  # Nameko itself is left as it is
+    if activation == "off":
+        assert seen["active"] is False and seen["registered"] == ["kombu-aliases"]
+        assert seen["nameko_responder"] == "nameko.rpc"  # Nameko itself is left as it is
+    else:  # already applied by activation, and Nameko's own classes patched too
+        assert seen["active"] is True and seen["registered"] == []
+        assert seen["nameko_responder"] == "nameko_redis_transport.nameko.rpc"
     assert seen["container"] == "nameko_redis_transport.nameko.containers.ServiceContainer"
     assert seen["waiting"] == ["ready"] * 3  # dependencies started before entrypoints
     assert seen["fast"] == 0.05
