@@ -2,7 +2,8 @@
 
 Nameko starts all of a container's extensions at once, so a waiting request can reach a
 worker before a dependency has started; injection then fails and kills the container.
-``nameko_redis_transport.nameko_fixes.fix_service_container`` starts dependencies first.
+The library's container (``SERVICE_CONTAINER_CLS``, or patch ``service-container``)
+starts dependencies first.
 """
 
 from __future__ import annotations

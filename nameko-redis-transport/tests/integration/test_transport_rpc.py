@@ -115,7 +115,7 @@ def test_config_transport_options_reach_consumers_publishers_and_proxies(
 
 
 def test_options_in_the_broker_url_work_and_extend_nameko_defaults(redis_broker_only):
-    from nameko_redis_transport.nameko_fixes import normalize_config
+    from nameko_redis_transport.nameko.config import normalize_config
 
     base = redis_broker_only.config()
     config = normalize_config(dict(base, AMQP_URI=base["AMQP_URI"] + "?visibility_timeout=13"))
@@ -191,7 +191,7 @@ def declared_queue(broker, name: str):
     """``(uri, transport options, connection, queue)``: queue ``name`` declared on the
     direct exchange ``<name>-ex`` with routing key ``k``, and a connection to read it."""
     import kombu
-    from nameko_redis_transport.nameko_fixes import normalize_config
+    from nameko_redis_transport.nameko.config import normalize_config
 
     config = normalize_config(broker.config())
     uri, options = config["AMQP_URI"], config["TRANSPORT_OPTIONS"]

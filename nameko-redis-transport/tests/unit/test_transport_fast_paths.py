@@ -116,7 +116,7 @@ def test_a_producer_keeps_its_channel_only_while_connections_are_left_for_others
     monkeypatch, limit, connections_limit, free_connections, kept
 ):
     from kombu.resource import Resource
-    from nameko_redis_transport.nameko_fixes import release_keeping_channel
+    from nameko_redis_transport.nameko.publish import release_keeping_channel
 
     kept_by_base = []
     monkeypatch.setattr(Resource, "release", lambda pool, producer: kept_by_base.append(producer))
@@ -145,7 +145,7 @@ def test_a_reply_is_serialized_once_into_what_nameko_sends(
     import kombu.serialization
     from nameko.rpc import Responder
 
-    assert Responder.send_response.__module__ == "nameko_redis_transport.nameko_fixes"
+    assert Responder.send_response.__module__ == "nameko_redis_transport.nameko.rpc"
     published: list[tuple] = []
 
     class Publisher:
@@ -243,7 +243,7 @@ def test_a_publish_takes_ensures_way_only_after_a_recoverable_error(
     monkeypatch, failures, error, attempts, through_ensure
 ):
     from kombu import Producer
-    from nameko_redis_transport import nameko_fixes
+    from nameko_redis_transport.nameko.publish import RetryOnErrorProducer
 
     tries: list = []
 
@@ -254,7 +254,7 @@ def test_a_publish_takes_ensures_way_only_after_a_recoverable_error(
         return "sent"
 
     monkeypatch.setattr(Producer, "publish", kombu_publish)
-    producer = nameko_fixes.RetryOnErrorProducer.__new__(nameko_fixes.RetryOnErrorProducer)
+    producer = RetryOnErrorProducer.__new__(RetryOnErrorProducer)
     producer.__connection__ = SimpleNamespace(recoverable_connection_errors=(_Recoverable,))
     policy = {"max_retries": 3}
     if error:
