@@ -1,0 +1,261 @@
+"""What a customer's HTTP request costs, end to end: ``python -m bench.gateway``.
+
+Starts the shop as ``make run`` does (``bench/gateway_stack.py``) or uses a running one
+(``--url``), prepares a product, a customer and an order through the public API, can
+seed N more orders (``--orders``), measures idle CPU, then drives each path with wrk
+(16 connections) and prints per path req/s, p50, p99, errors and the CPU ms per request
+of every process, read from ``/proc``, with each path's gateway CPU against the
+gateway's own ``/health`` in the same run. The last line is always
+``gateway-cpu-ms read=X auth-read=Y order-total=Z``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import gateway_profile
+from bench.gateway_data import PRODUCT_PRICE, Fixture, prepare, seed_orders
+from bench.gateway_load import (
+    children_cpu_seconds,
+    cpu_ticks,
+    ms_per_request,
+    percent_of_core,
+    run_wrk,
+    spread,
+    wrk_binary,
+)
+from bench.gateway_stack import Stack
+
+#: Processes in report order; ``ours`` are the project's own (no Redis, no Mongo).
+PROCESSES = ("gateway", "users", "orders", "payments", "redis", "mongo")
+OURS = ("gateway", "users", "orders", "payments")
+#: Seconds after each wrk run before the CPU is read: work a response triggered
+#: (an event, an outbox flush) finishes inside the window.
+SETTLE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    key: str
+    label: str
+    url: Callable[[Fixture], str]
+    script: str | None = None
+    #: A purchase is two requests; its rates and costs are per purchase (paid order).
+    per_purchase: bool = False
+
+
+PATHS = [
+    BenchPath("health", "GET /health (no hop)", lambda f: "/health"),
+    BenchPath("product", "GET /api/products/{id}", lambda f: f"/api/products/{f.product_id}"),
+    BenchPath("products", "GET /api/products?limit=10", lambda f: "/api/products?limit=10"),
+    BenchPath("me", "GET /api/users/me (Bearer)", lambda f: "/api/users/me", "bearer.lua"),
+    BenchPath(
+        "order",
+        "GET /api/orders/{id} (Bearer)",
+        lambda f: f"/api/orders/{f.order_id}",
+        "bearer.lua",
+    ),  # fmt: skip
+    BenchPath("create", "POST /api/orders (Bearer)", lambda f: "/api/orders", "create_order.lua"),
+    BenchPath("purchase", "purchase: order + pay", lambda f: "/", "purchase.lua", True),
+]
+
+
+@dataclass
+class PathResult:
+    path: BenchPath
+    count: int  # requests, or purchases
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_ms: dict[str, float]  # per request (or purchase), by process and "wrk"
+
+
+def progress(text: str) -> None:
+    print(f"[gateway-bench] {text}", file=sys.stderr, flush=True)
+
+
+def load_average() -> str:
+    with open("/proc/loadavg", encoding="ascii") as loadavg:
+        return " ".join(loadavg.read().split()[:3])
+
+
+def measure_path(
+    path: BenchPath, fixture: Fixture, pids: dict[str, int], args: argparse.Namespace
+) -> PathResult:
+    """Warm up, then one measured wrk run with CPU readings around it."""
+    env = {"BENCH_TOKEN": fixture.token(), "BENCH_PRODUCT": fixture.product_id,
+           "BENCH_PRICE": PRODUCT_PRICE}  # fmt: skip
+    url = fixture.base_url + path.url(fixture)
+    wrk = {"connections": args.connections, "threads": args.threads, "script": path.script,
+           "env": env}  # fmt: skip
+    if args.warmup > 0:
+        run_wrk(url, seconds=args.warmup, **wrk)
+    profilers = []
+    if args.profile is not None and path.key == "product":
+        for name in ("gateway", "orders"):
+            output = args.profile / f"{name}-get-product.txt"
+            profilers.append(gateway_profile.record(pids[name], args.duration, output))
+    before, wrk_before = cpu_ticks(pids), children_cpu_seconds()
+    result = run_wrk(url, seconds=args.duration, **wrk)
+    wrk_seconds = children_cpu_seconds() - wrk_before
+    time.sleep(SETTLE_SECONDS)
+    used = spread(pids, before, cpu_ticks(pids))
+    for profiler in profilers:
+        profiler.wait()
+    count = int(result.script.get("paid", 0)) if path.per_purchase else result.requests
+    cpu_ms = {name: ms_per_request(ticks, count) for name, ticks in used.items()}
+    cpu_ms["wrk"] = wrk_seconds * 1000 / count if count else math.nan
+    errors = result.errors + (int(result.script.get("failed", 0)) if path.per_purchase else 0)
+    return PathResult(
+        path, count, count / result.seconds, result.p50_ms, result.p99_ms, errors, cpu_ms
+    )
+
+
+def measure_idle(pids: dict[str, int], seconds: float, profile: Path | None) -> dict[str, float]:
+    """% of one core each process uses over ``seconds`` with no request."""
+    profiler = None
+    if profile is not None and "mongo" in pids:
+        profiler = gateway_profile.record(pids["mongo"], seconds, profile / "mongo-idle.txt")
+    before, start = cpu_ticks(pids), time.monotonic()
+    time.sleep(seconds)
+    used, elapsed = spread(pids, before, cpu_ticks(pids)), time.monotonic() - start
+    if profiler is not None:
+        profiler.wait()
+    return {name: percent_of_core(ticks, elapsed) for name, ticks in used.items()}
+
+
+def _cell(value: float, digits: int = 2) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def report(
+    results: Sequence[PathResult], idle: dict[str, float] | None, names: Sequence[str]
+) -> list[str]:
+    """The report's lines: the path table, idle CPU, and the summary line last."""
+    health = next((r for r in results if r.path.key == "health"), None)
+    health_gw = health.cpu_ms.get("gateway", math.nan) if health else math.nan
+    columns = [*names, "wrk"]
+    lines = [
+        "CPU columns: ms of CPU per request (a purchase row: per purchase, 2 requests)",
+        "| path | req/s | p50 ms | p99 ms | errors | "
+        + " | ".join(columns) + " | ours | gateway / health |",
+        "|---" * (len(columns) + 7) + "|",
+    ]  # fmt: skip
+    for r in results:
+        ours = sum(r.cpu_ms.get(name, 0.0) for name in OURS if name in names)
+        cells = [r.path.label, f"{r.per_second:.0f}", _cell(r.p50_ms, 1), _cell(r.p99_ms, 1),
+                 str(r.errors), *(_cell(r.cpu_ms.get(name, math.nan)) for name in columns),
+                 _cell(ours), _cell(r.cpu_ms.get("gateway", math.nan) / health_gw)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    if idle is not None:
+        lines.append("idle CPU, % of one core: " + ", ".join(
+            f"{name} {_cell(idle.get(name, math.nan), 1)}" for name in names))  # fmt: skip
+    by_key = {r.path.key: r for r in results}
+
+    def gateway_ms(key: str) -> str:
+        return _cell(by_key[key].cpu_ms.get("gateway", math.nan)) if key in by_key else "n/a"
+
+    create = by_key.get("create")
+    order_total = (
+        _cell(sum(create.cpu_ms.get(name, math.nan) for name in OURS)) if create else "n/a"
+    )
+    lines.append(
+        f"gateway-cpu-ms read={gateway_ms('product')} auth-read={gateway_ms('order')} "
+        f"order-total={order_total}"
+    )
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gateway", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per path (10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per path (2)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument("--orders", type=int, default=0, help="seed N pending orders first")
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="seconds of idle CPU reading (20; 0: none)"
+    )
+    parser.add_argument(
+        "--paths", nargs="+", choices=[p.key for p in PATHS], default=[p.key for p in PATHS]
+    )
+    parser.add_argument("--profile", type=Path, help="py-spy profiles into this directory")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs")
+    parser.add_argument("--url", help="use the stack at this gateway URL (limits raised!)")
+    parser.add_argument(
+        "--pid", action="append", default=[], metavar="NAME=PID",
+        help=f"with --url: a process to measure ({', '.join(PROCESSES)}); repeatable",
+    )  # fmt: skip
+    parser.add_argument("--mongo-uri", help="with --url and --orders: the stack's MongoDB")
+    args = parser.parse_args(argv)
+    if "health" not in args.paths:
+        args.paths.insert(0, "health")  # every ratio needs it
+    return args
+
+
+def run(args: argparse.Namespace, base_url: str, pids: dict[str, int], mongo_uri: str | None):
+    progress(f"preparing data through {base_url}")
+    fixture = prepare(base_url)
+    if args.orders:
+        if mongo_uri is None:
+            raise SystemExit("--orders needs --mongo-uri with --url")
+        progress(f"seeding {args.orders} pending orders")
+        started = time.monotonic()
+        seed_orders(mongo_uri, fixture.user_id, [fixture.product_id], args.orders)
+        progress(f"seeded in {time.monotonic() - started:.1f} s")
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    idle = None
+    if args.idle > 0:
+        progress(f"idle CPU over {args.idle:g} s")
+        idle = measure_idle(pids, args.idle, args.profile)
+    results = []
+    for path in PATHS:
+        if path.key in args.paths:
+            progress(f"{path.label}: {args.warmup:g} s warm-up, {args.duration:g} s measured")
+            results.append(measure_path(path, fixture, pids, args))
+    return results, idle
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk_binary()  # fail early, with the install command
+    if args.profile is not None and gateway_profile.py_spy_binary() is None:
+        raise SystemExit(gateway_profile.PY_SPY_INSTALL_HINT)
+    load_before = load_average()
+    stack = None
+    try:
+        if args.url:
+            pids = dict(item.split("=", 1) for item in args.pid)
+            pids = {name: int(pid) for name, pid in pids.items()}
+            base_url, mongo_uri = args.url.rstrip("/"), args.mongo_uri
+        else:
+            stack = Stack(log=progress).start()
+            pids, base_url, mongo_uri = stack.pids, stack.url, stack.mongo_uri
+        results, idle = run(args, base_url, pids, mongo_uri)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if stack is not None:
+            stack.stop(keep_logs=args.keep_logs)
+    names = [name for name in PROCESSES if name in pids]
+    print(f"# bench/gateway.py: {args.connections} connections, {args.threads} wrk thread(s), "
+          f"{args.duration:g} s per path after {args.warmup:g} s warm-up; "
+          f"{args.orders} seeded orders; {os.cpu_count()} CPUs; "
+          f"load average before {load_before}, after {load_average()}")  # fmt: skip
+    print("\n".join(report(results, idle, names)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
