@@ -76,6 +76,7 @@ class PathResult:
     p99_ms: float
     errors: int
     cpu_ms: dict[str, float]  # per request (or purchase), by process and "wrk"
+    kernel: dict[str, float]  # share of each process's CPU spent in the kernel
 
 
 def progress(text: str) -> None:
@@ -111,11 +112,12 @@ def measure_path(
     for profiler in profilers:
         profiler.wait()
     count = int(result.script.get("paid", 0)) if path.per_purchase else result.requests
-    cpu_ms = {name: ms_per_request(ticks, count) for name, ticks in used.items()}
+    cpu_ms = {name: ms_per_request(ticks.total, count) for name, ticks in used.items()}
+    kernel = {name: ticks.system / ticks.total for name, ticks in used.items() if ticks.total}
     cpu_ms["wrk"] = wrk_seconds * 1000 / count if count else math.nan
     errors = result.errors + (int(result.script.get("failed", 0)) if path.per_purchase else 0)
     return PathResult(
-        path, count, count / result.seconds, result.p50_ms, result.p99_ms, errors, cpu_ms
+        path, count, count / result.seconds, result.p50_ms, result.p99_ms, errors, cpu_ms, kernel
     )
 
 
@@ -129,35 +131,63 @@ def measure_idle(pids: dict[str, int], seconds: float, profile: Path | None) -> 
     used, elapsed = spread(pids, before, cpu_ticks(pids)), time.monotonic() - start
     if profiler is not None:
         profiler.wait()
-    return {name: percent_of_core(ticks, elapsed) for name, ticks in used.items()}
+    return {name: percent_of_core(ticks.total, elapsed) for name, ticks in used.items()}
 
 
 def _cell(value: float, digits: int = 2) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def report(
-    results: Sequence[PathResult], idle: dict[str, float] | None, names: Sequence[str]
-) -> list[str]:
-    """The report's lines: the path table, idle CPU, and the summary line last."""
+def _ours(result: PathResult, names: Sequence[str]) -> float:
+    return sum(result.cpu_ms.get(name, 0.0) for name in OURS if name in names)
+
+
+def path_table(results: Sequence[PathResult], names: Sequence[str]) -> list[str]:
+    """One row per path: rates, latencies, errors, CPU ms per request by process."""
     health = next((r for r in results if r.path.key == "health"), None)
     health_gw = health.cpu_ms.get("gateway", math.nan) if health else math.nan
     columns = [*names, "wrk"]
     lines = [
-        "CPU columns: ms of CPU per request (a purchase row: per purchase, 2 requests)",
+        "CPU columns: ms of CPU per request (the purchase row: per purchase, 2 requests)",
         "| path | req/s | p50 ms | p99 ms | errors | "
         + " | ".join(columns) + " | ours | gateway / health |",
         "|---" * (len(columns) + 7) + "|",
     ]  # fmt: skip
     for r in results:
-        ours = sum(r.cpu_ms.get(name, 0.0) for name in OURS if name in names)
         cells = [r.path.label, f"{r.per_second:.0f}", _cell(r.p50_ms, 1), _cell(r.p99_ms, 1),
                  str(r.errors), *(_cell(r.cpu_ms.get(name, math.nan)) for name in columns),
-                 _cell(ours), _cell(r.cpu_ms.get("gateway", math.nan) / health_gw)]  # fmt: skip
+                 _cell(_ours(r, names)),
+                 _cell(r.cpu_ms.get("gateway", math.nan) / health_gw)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    if idle is not None:
-        lines.append("idle CPU, % of one core: " + ", ".join(
-            f"{name} {_cell(idle.get(name, math.nan), 1)}" for name in names))  # fmt: skip
+    return lines
+
+
+def kernel_table(results: Sequence[PathResult], names: Sequence[str]) -> list[str]:
+    """Share of each process's CPU spent in the kernel (system time), per path."""
+    lines = ["kernel (system) share of each process's CPU, %:",
+             "| path | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]  # fmt: skip
+    for r in results:
+        cells = [_cell(r.kernel.get(name, math.nan) * 100, 0) for name in names]
+        lines.append(f"| {r.path.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def target_lines(results: Sequence[PathResult], names: Sequence[str]) -> list[str]:
+    """The issue's ratio targets as measured: list vs one product, p99 vs p50."""
+    by_key = {r.path.key: r for r in results}
+    lines = []
+    if "product" in by_key and "products" in by_key:
+        ratio = _ours(by_key["products"], names) / _ours(by_key["product"], names)
+        lines.append(f"list of 10 / one product, CPU of ours: {ratio:.2f}x (target <= 1.5)")
+    spread = {r.path.key: r.p99_ms / r.p50_ms for r in results if r.p50_ms}
+    if spread:
+        worst = max(spread, key=spread.__getitem__)
+        lines.append(f"worst p99/p50: {spread[worst]:.1f}x on {worst} (target < 3)")
+    return lines
+
+
+def summary_line(results: Sequence[PathResult]) -> str:
+    """``gateway-cpu-ms read=X auth-read=Y order-total=Z`` (``n/a``: path not run)."""
     by_key = {r.path.key: r for r in results}
 
     def gateway_ms(key: str) -> str:
@@ -167,11 +197,21 @@ def report(
     order_total = (
         _cell(sum(create.cpu_ms.get(name, math.nan) for name in OURS)) if create else "n/a"
     )
-    lines.append(
+    return (
         f"gateway-cpu-ms read={gateway_ms('product')} auth-read={gateway_ms('order')} "
         f"order-total={order_total}"
     )
-    return lines
+
+
+def report(
+    results: Sequence[PathResult], idle: dict[str, float] | None, names: Sequence[str]
+) -> list[str]:
+    """The report's lines, the summary line last."""
+    lines = [*path_table(results, names), "", *kernel_table(results, names), ""]
+    if idle is not None:
+        lines.append("idle CPU, % of one core: " + ", ".join(
+            f"{name} {_cell(idle.get(name, math.nan), 1)}" for name in names))  # fmt: skip
+    return [*lines, *target_lines(results, names), summary_line(results)]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

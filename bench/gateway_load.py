@@ -12,9 +12,10 @@ import re
 import resource
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 WRK_INSTALL_HINT = "wrk is missing: install it with `sudo apt-get install -y wrk` (Debian/Ubuntu)"
@@ -32,18 +33,18 @@ _SCRIPT_LINE = re.compile(r"^bench:(.*)$", re.M)
 # -- /proc --------------------------------------------------------------------------------
 
 
-def parse_stat_ticks(stat_line: str) -> tuple[int, int]:
-    """``(ppid, utime + stime)`` from one ``/proc/<pid>/stat`` line.
+def parse_stat_ticks(stat_line: str) -> tuple[int, int, int]:
+    """``(ppid, utime, stime)`` from one ``/proc/<pid>/stat`` line.
 
     The command name (field 2) may hold spaces and parentheses, so fields are counted
     after its last ``)``.
     """
     fields = stat_line.rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), int(fields[11]), int(fields[12])
 
 
-def _read_stat(pid: int) -> tuple[int, int] | None:
+def _read_stat(pid: int) -> tuple[int, int, int] | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
             return parse_stat_ticks(stat.read())
@@ -65,17 +66,29 @@ def descendants(pid: int, parents: Mapping[int, int]) -> set[int]:
     return found
 
 
-def cpu_ticks(pids: Mapping[str, int]) -> dict[str, int]:
-    """Clock ticks of CPU used so far by each named process and its descendants."""
-    stats: dict[int, tuple[int, int]] = {}
+class Ticks(NamedTuple):
+    """CPU clock ticks in user space and in the kernel."""
+
+    user: int
+    system: int
+
+    @property
+    def total(self) -> int:
+        return self.user + self.system
+
+
+def cpu_ticks(pids: Mapping[str, int]) -> dict[str, Ticks]:
+    """CPU used so far by each named process and its live descendants."""
+    stats: dict[int, tuple[int, int, int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _read_stat(int(entry))) is not None:
             stats[int(entry)] = stat
-    parents = {pid: ppid for pid, (ppid, _) in stats.items()}
-    return {
-        name: sum(stats[p][1] for p in descendants(pid, parents) if p in stats)
-        for name, pid in pids.items()
-    }
+    parents = {pid: stat[0] for pid, stat in stats.items()}
+    found = {}
+    for name, pid in pids.items():
+        family = [stats[p] for p in descendants(pid, parents) if p in stats]
+        found[name] = Ticks(sum(s[1] for s in family), sum(s[2] for s in family))
+    return found
 
 
 def children_cpu_seconds() -> float:
@@ -191,6 +204,15 @@ def percent_of_core(ticks: int, seconds: float) -> float:
     return ticks * 100 / CLOCK_TICKS_PER_SECOND / seconds if seconds else float("nan")
 
 
-def spread(names: Sequence[str], before: Mapping[str, int], after: Mapping[str, int]) -> dict:
+def spread(
+    names: Iterable[str], before: Mapping[str, Ticks], after: Mapping[str, Ticks]
+) -> dict[str, Ticks]:
     """Ticks used by each name between two ``cpu_ticks`` readings."""
-    return {name: after.get(name, 0) - before.get(name, 0) for name in names}
+    zero = Ticks(0, 0)
+    return {
+        name: Ticks(
+            after.get(name, zero).user - before.get(name, zero).user,
+            after.get(name, zero).system - before.get(name, zero).system,
+        )
+        for name in names
+    }
