@@ -28,6 +28,7 @@ from bench.gateway_load import (
     ms_per_request,
     percent_of_core,
     run_wrk,
+    scheduler_ns,
     spread,
     wrk_binary,
 )
@@ -121,17 +122,32 @@ def measure_path(
     )
 
 
-def measure_idle(pids: dict[str, int], seconds: float, profile: Path | None) -> dict[str, float]:
-    """% of one core each process uses over ``seconds`` with no request."""
+@dataclass
+class Idle:
+    """Idle use of each process, % of one core: CPU it got, and CPU it asked for (got +
+    waited for: what it would take on a machine of its own)."""
+
+    used: dict[str, float]
+    asked: dict[str, float]
+
+
+def measure_idle(pids: dict[str, int], seconds: float, profile: Path | None) -> Idle:
+    """Each process's CPU over ``seconds`` with no request."""
     profiler = None
     if profile is not None and "mongo" in pids:
         profiler = gateway_profile.record(pids["mongo"], seconds, profile / "mongo-idle.txt")
-    before, start = cpu_ticks(pids), time.monotonic()
+    before, sched_before, start = cpu_ticks(pids), scheduler_ns(pids), time.monotonic()
     time.sleep(seconds)
-    used, elapsed = spread(pids, before, cpu_ticks(pids)), time.monotonic() - start
+    used, sched_after = spread(pids, before, cpu_ticks(pids)), scheduler_ns(pids)
+    elapsed = time.monotonic() - start
     if profiler is not None:
         profiler.wait()
-    return {name: percent_of_core(ticks.total, elapsed) for name, ticks in used.items()}
+    asked = {
+        name: (sum(sched_after[name]) - sum(sched_before.get(name, (0, 0)))) / 1e7 / elapsed
+        for name in sched_after
+    }
+    used_pct = {name: percent_of_core(ticks.total, elapsed) for name, ticks in used.items()}
+    return Idle(used_pct, asked)
 
 
 def _cell(value: float, digits: int = 2) -> str:
@@ -203,14 +219,13 @@ def summary_line(results: Sequence[PathResult]) -> str:
     )
 
 
-def report(
-    results: Sequence[PathResult], idle: dict[str, float] | None, names: Sequence[str]
-) -> list[str]:
+def report(results: Sequence[PathResult], idle: Idle | None, names: Sequence[str]) -> list[str]:
     """The report's lines, the summary line last."""
     lines = [*path_table(results, names), "", *kernel_table(results, names), ""]
     if idle is not None:
-        lines.append("idle CPU, % of one core: " + ", ".join(
-            f"{name} {_cell(idle.get(name, math.nan), 1)}" for name in names))  # fmt: skip
+        lines.append("idle, % of one core, used (asked: used + waiting for a CPU): " + ", ".join(
+            f"{name} {_cell(idle.used.get(name, math.nan), 1)} "
+            f"({_cell(idle.asked.get(name, math.nan), 1)})" for name in names))  # fmt: skip
     return [*lines, *target_lines(results, names), summary_line(results)]
 
 

@@ -91,6 +91,42 @@ def cpu_ticks(pids: Mapping[str, int]) -> dict[str, Ticks]:
     return found
 
 
+def _family(pids: Mapping[str, int]) -> dict[str, set[int]]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _read_stat(int(entry))) is not None:
+            parents[int(entry)] = stat[0]
+    return {name: descendants(pid, parents) for name, pid in pids.items()}
+
+
+def parse_schedstat(text: str) -> tuple[int, int]:
+    """``(ns on a CPU, ns runnable but waiting for one)`` from a ``schedstat`` file."""
+    running, waiting, _ = text.split()
+    return int(running), int(waiting)
+
+
+def scheduler_ns(pids: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """Per named process (threads and live descendants included): ns it ran, and ns it
+    waited for a CPU. Their sum is what it asked for, whatever the machine's load."""
+    found = {}
+    for name, family in _family(pids).items():
+        running = waiting = 0
+        for pid in family:
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as f:
+                        ran, waited = parse_schedstat(f.read())
+                except (OSError, ValueError):
+                    continue
+                running, waiting = running + ran, waiting + waited
+        found[name] = (running, waiting)
+    return found
+
+
 def children_cpu_seconds() -> float:
     """CPU seconds of every child this process has waited for (wrk, here)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

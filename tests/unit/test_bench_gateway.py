@@ -6,13 +6,15 @@ import os
 import pytest
 import yaml
 
-from bench.gateway import PATHS, PathResult, report, summary_line
+from bench.gateway import PATHS, Idle, PathResult, report, summary_line
 from bench.gateway_load import (
     cpu_ticks,
     descendants,
     ms_per_request,
+    parse_schedstat,
     parse_stat_ticks,
     parse_wrk_output,
+    scheduler_ns,
 )
 from bench.gateway_profile import parse_collapsed, summarise
 from bench.gateway_stack import CONFIG_OVERRIDES, bench_config, with_config
@@ -81,6 +83,19 @@ def test_cpu_ticks_of_this_process_grow_with_work():
     assert after.user >= before.user and after.system >= before.system
 
 
+def test_schedstat_gives_running_and_waiting_ns():
+    assert parse_schedstat("139338795 483830657 339\n") == (139338795, 483830657)
+
+
+def test_scheduler_time_of_this_process_grows_with_work():
+    before = scheduler_ns({"me": os.getpid()})["me"]
+    deadline = os.times().elapsed + 0.1
+    while os.times().elapsed < deadline:
+        sum(range(1000))
+    after = scheduler_ns({"me": os.getpid()})["me"]
+    assert after[0] > before[0] and after[1] >= before[1]
+
+
 def test_ms_per_request_converts_clock_ticks():
     ticks_per_second = os.sysconf("SC_CLK_TCK")
     assert ms_per_request(ticks_per_second, 1000) == pytest.approx(1.0)
@@ -129,7 +144,9 @@ def test_report_ends_with_the_summary_line_and_ratios_to_health():
         _result("order", gateway=3.0, orders=1.0),
         _result("create", gateway=4.0, users=0.1, orders=5.0, payments=0.2, redis=9, mongo=9),
     ]
-    lines = report(results, {"gateway": 1.0}, ["gateway", "users", "orders", "payments"])
+    idle = Idle({"gateway": 1.0}, {"gateway": 1.5})
+    lines = report(results, idle, ["gateway", "users", "orders", "payments"])
+    assert any("gateway 1.0 (1.5)" in line for line in lines)
     assert lines[-1] == "gateway-cpu-ms read=2.00 auth-read=3.00 order-total=9.30"
     product_row = next(line for line in lines if line.startswith("| GET /api/products/{id}"))
     assert product_row.endswith("| 4.00 |")  # 2.0 / 0.5
