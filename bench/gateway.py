@@ -68,6 +68,18 @@ PATHS = [
 ]
 
 
+#: The services behind each path, profiled with the gateway by ``--profile``.
+SERVICE_OF_PATH = {
+    "health": (),
+    "product": ("orders",),
+    "products": ("orders",),
+    "me": ("users",),
+    "order": ("orders",),
+    "create": ("orders",),
+    "purchase": ("orders", "payments"),
+}
+
+
 @dataclass
 class PathResult:
     path: BenchPath
@@ -101,9 +113,9 @@ def measure_path(
     if args.warmup > 0:
         run_wrk(url, seconds=args.warmup, **wrk)
     profilers = []
-    if args.profile is not None and path.key == "product":
-        for name in ("gateway", "orders"):
-            output = args.profile / f"{name}-get-product.txt"
+    if args.profile is not None and path.key == args.profile_path:
+        for name in ("gateway", *SERVICE_OF_PATH[path.key]):
+            output = args.profile / f"{name}-{path.key}.txt"
             profilers.append(gateway_profile.record(pids[name], args.duration, output))
     before, wrk_before = cpu_ticks(pids), children_cpu_seconds()
     result = run_wrk(url, seconds=args.duration, **wrk)
@@ -124,11 +136,12 @@ def measure_path(
 
 @dataclass
 class Idle:
-    """Idle use of each process, % of one core: CPU it got, and CPU it asked for (got +
-    waited for: what it would take on a machine of its own)."""
+    """Idle use of each process, % of one core: CPU it used, and time it was runnable (ran
+    or waited for a CPU). Near 100 runnable, a process wants a whole core, whatever it got;
+    on a loaded machine the waits inflate the runnable time of any busy process."""
 
     used: dict[str, float]
-    asked: dict[str, float]
+    runnable: dict[str, float]
 
 
 def measure_idle(pids: dict[str, int], seconds: float, profile: Path | None) -> Idle:
@@ -142,12 +155,12 @@ def measure_idle(pids: dict[str, int], seconds: float, profile: Path | None) -> 
     elapsed = time.monotonic() - start
     if profiler is not None:
         profiler.wait()
-    asked = {
+    runnable = {
         name: (sum(sched_after[name]) - sum(sched_before.get(name, (0, 0)))) / 1e7 / elapsed
         for name in sched_after
     }
     used_pct = {name: percent_of_core(ticks.total, elapsed) for name, ticks in used.items()}
-    return Idle(used_pct, asked)
+    return Idle(used_pct, runnable)
 
 
 def _cell(value: float, digits: int = 2) -> str:
@@ -223,9 +236,9 @@ def report(results: Sequence[PathResult], idle: Idle | None, names: Sequence[str
     """The report's lines, the summary line last."""
     lines = [*path_table(results, names), "", *kernel_table(results, names), ""]
     if idle is not None:
-        lines.append("idle, % of one core, used (asked: used + waiting for a CPU): " + ", ".join(
+        lines.append("idle, % of one core, used (runnable: ran or waited for a CPU): " + ", ".join(
             f"{name} {_cell(idle.used.get(name, math.nan), 1)} "
-            f"({_cell(idle.asked.get(name, math.nan), 1)})" for name in names))  # fmt: skip
+            f"({_cell(idle.runnable.get(name, math.nan), 1)})" for name in names))  # fmt: skip
     return [*lines, *target_lines(results, names), summary_line(results)]
 
 
@@ -245,6 +258,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--paths", nargs="+", choices=[p.key for p in PATHS], default=[p.key for p in PATHS]
     )
     parser.add_argument("--profile", type=Path, help="py-spy profiles into this directory")
+    parser.add_argument(
+        "--profile-path", choices=[p.key for p in PATHS], default="product",
+        help="the path whose gateway and service --profile samples (product)",
+    )  # fmt: skip
     parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs")
     parser.add_argument("--url", help="use the stack at this gateway URL (limits raised!)")
     parser.add_argument(

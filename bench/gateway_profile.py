@@ -65,18 +65,30 @@ def parse_collapsed(lines: Iterable[str]) -> list[tuple[list[str], int]]:
     return stacks
 
 
-def summarise(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> str:
-    """The ``top`` functions by self and by total samples, as text with percentages."""
-    total = sum(count for _, count in stacks)
+def summarise(
+    stacks: Sequence[tuple[list[str], int]], top: int = 15, exclude_leaf: str | None = None
+) -> str:
+    """The ``top`` functions by self and by total samples, as text with percentages.
+
+    ``exclude_leaf``: a regular expression; samples whose innermost frame matches it are
+    counted apart and the percentages are of the others (e.g. ``_send_loop|do_poll`` to
+    set aside the frames where a process waits for a CPU on a loaded machine).
+    """
+    pattern = re.compile(exclude_leaf) if exclude_leaf else None
+    set_apart = sum(c for frames, c in stacks if pattern and pattern.search(frames[-1]))
+    kept = [(f, c) for f, c in stacks if not (pattern and pattern.search(f[-1]))]
+    total = sum(count for _, count in kept)
     if not total:
         return "no samples (was the process busy?)\n"
     own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
-    for frames, count in stacks:
+    for frames, count in kept:
         own[frames[-1]] += count
         for name in set(frames[1:]):
             anywhere[name] += count
     lines = [f"{total} samples"]
+    if pattern:
+        lines[0] += f" ({set_apart} more set apart, innermost frame matching {exclude_leaf!r})"
     for title, counter in (("self", own), ("total (on the stack)", anywhere)):
         lines.append(f"top by {title}:")
         for name, count in counter.most_common(top):
@@ -88,10 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Summarise py-spy raw (collapsed) profiles.")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--exclude-leaf", help="regex: set apart samples whose innermost frame matches"
+    )
     args = parser.parse_args(argv)
     for path in args.files:
         with open(path, encoding="utf-8") as raw:
-            print(f"== {path}\n{summarise(parse_collapsed(raw), args.top)}")
+            print(f"== {path}\n{summarise(parse_collapsed(raw), args.top, args.exclude_leaf)}")
     return 0
 
 

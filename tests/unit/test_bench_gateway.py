@@ -117,6 +117,18 @@ def test_profile_summary_counts_self_and_total_samples():
     assert "100.0%  main (app/svc.py)" in total_part
 
 
+def test_profile_summary_can_set_apart_samples_by_their_innermost_frame():
+    raw = [
+        "process 1:thread;main (app/svc.py:10);send (x/sock.py:5) 6\n",
+        "process 1:thread;main (app/svc.py:10);encode (app/svc.py:30) 3\n",
+        "process 1:thread;main (app/svc.py:11) 1\n",
+    ]
+    text = summarise(parse_collapsed(raw), exclude_leaf="^send ")
+    assert text.startswith("4 samples (6 more set apart")
+    assert "75.0%  encode (app/svc.py)" in text
+    assert "send (x/sock.py)" not in text
+
+
 def test_bench_config_raises_the_limits_and_keeps_the_rest(tmp_path):
     source = tmp_path / "config.yml"
     source.write_text("AMQP_URI: ${AMQP_URI:redis://x}\nRATE_LIMIT_PER_MINUTE: 5\n")
