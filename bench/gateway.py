@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -117,9 +118,16 @@ def measure_path(
         for name in ("gateway", *SERVICE_OF_PATH[path.key]):
             output = args.profile / f"{name}-{path.key}.txt"
             profilers.append(gateway_profile.record(pids[name], args.duration, output))
+    traced = []
+    if args.cpu_profile is not None and path.key == args.profile_path:
+        traced = [pids[name] for name in ("gateway", *SERVICE_OF_PATH[path.key])]
+    for pid in traced:
+        os.kill(pid, signal.SIGUSR1)  # bench.gateway_cpuprofile: start yappi
     before, wrk_before = cpu_ticks(pids), children_cpu_seconds()
     result = run_wrk(url, seconds=args.duration, **wrk)
     wrk_seconds = children_cpu_seconds() - wrk_before
+    for pid in traced:
+        os.kill(pid, signal.SIGUSR2)  # stop and save
     time.sleep(SETTLE_SECONDS)
     used = spread(pids, before, cpu_ticks(pids))
     for profiler in profilers:
@@ -259,6 +267,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", type=Path, help="py-spy profiles into this directory")
     parser.add_argument(
+        "--cpu-profile", type=Path,
+        help="run the services under yappi (CPU clock) and profile --profile-path into "
+        "this directory; that path's figures then include the tracing cost",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile-path", choices=[p.key for p in PATHS], default="product",
         help="the path whose gateway and service --profile samples (product)",
     )  # fmt: skip
@@ -270,6 +283,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--mongo-uri", help="with --url and --orders: the stack's MongoDB")
     args = parser.parse_args(argv)
+    if args.cpu_profile is not None and args.url:
+        parser.error("--cpu-profile starts its own stack: it cannot go with --url")
     if "health" not in args.paths:
         args.paths.insert(0, "health")  # every ratio needs it
     return args
@@ -312,7 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             pids = {name: int(pid) for name, pid in pids.items()}
             base_url, mongo_uri = args.url.rstrip("/"), args.mongo_uri
         else:
-            stack = Stack(log=progress).start()
+            if args.cpu_profile is not None:
+                args.cpu_profile = args.cpu_profile.resolve()
+                args.cpu_profile.mkdir(parents=True, exist_ok=True)
+            stack = Stack(log=progress, cpu_profile=args.cpu_profile).start()
             pids, base_url, mongo_uri = stack.pids, stack.url, stack.mongo_uri
         results, idle = run(args, base_url, pids, mongo_uri)
     except KeyboardInterrupt:

@@ -71,8 +71,10 @@ def _die_with_parent() -> None:
 class Stack:
     """Servers and service processes of one bench run; ``pids`` names what to measure."""
 
-    def __init__(self, log=print) -> None:
+    def __init__(self, log=print, cpu_profile: Path | None = None) -> None:
         self.log = log
+        #: When set, every service runs under ``bench.gateway_cpuprofile``, saving here.
+        self.cpu_profile = cpu_profile
         self.workdir = Path(tempfile.mkdtemp(prefix="shop-gateway-bench-"))
         self.redis: EmbeddedRedis | None = None
         self.mongo: EmbeddedMongo | None = None
@@ -103,9 +105,13 @@ class Stack:
         for name, variable in PORT_VARIABLES.items():
             env[variable] = f"127.0.0.1:{ports[name]}"
         for name, command in read_procfile(ROOT / "Procfile").items():
+            argv = with_config(command, config)
+            if self.cpu_profile is not None:
+                output = self.cpu_profile / f"{name}.pstat"
+                argv = [sys.executable, "-m", "bench.gateway_cpuprofile", str(output), *argv]
             with open(self.workdir / f"{name}.log", "ab") as log:
                 self.processes[name] = subprocess.Popen(  # noqa: S603 - the Procfile's argv
-                    with_config(command, config),
+                    argv,
                     cwd=ROOT,
                     env=env,
                     stdin=subprocess.DEVNULL,
