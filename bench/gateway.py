@@ -126,12 +126,15 @@ def measure_path(
     before, wrk_before = cpu_ticks(pids), children_cpu_seconds()
     result = run_wrk(url, seconds=args.duration, **wrk)
     wrk_seconds = children_cpu_seconds() - wrk_before
+    stopped = time.time()
     for pid in traced:
         os.kill(pid, signal.SIGUSR2)  # stop and save
     time.sleep(SETTLE_SECONDS)
     used = spread(pids, before, cpu_ticks(pids))
     for profiler in profilers:
         profiler.wait()
+    if traced:
+        wait_for_saved(args.cpu_profile, ["gateway", *SERVICE_OF_PATH[path.key]], stopped)
     count = int(result.script.get("paid", 0)) if path.per_purchase else result.requests
     cpu_ms = {name: ms_per_request(ticks.total, count) for name, ticks in used.items()}
     kernel = {name: ticks.system / ticks.total for name, ticks in used.items() if ticks.total}
@@ -140,6 +143,19 @@ def measure_path(
     return PathResult(
         path, count, count / result.seconds, result.p50_ms, result.p99_ms, errors, cpu_ms, kernel
     )
+
+
+def wait_for_saved(directory: Path, names: Sequence[str], since: float) -> None:
+    """Wait (60 s at most) until each process saved its yappi stats after ``since``."""
+    deadline = time.monotonic() + 60
+    for name in names:
+        path = directory / f"{name}.pstat"
+        while not (path.exists() and path.stat().st_mtime >= since):
+            if time.monotonic() > deadline:
+                progress(f"{path} was not saved")
+                return
+            time.sleep(0.2)
+    time.sleep(1)  # the last write may still be under way
 
 
 @dataclass
