@@ -312,9 +312,17 @@ def run(args: argparse.Namespace, base_url: str, pids: dict[str, int], mongo_uri
     if args.orders:
         if mongo_uri is None:
             raise SystemExit("--orders needs --mongo-uri with --url")
-        progress(f"seeding {args.orders} pending orders")
+        progress(f"seeding {args.orders} pending orders (the orders service paused)")
         started = time.monotonic()
-        seed_orders(mongo_uri, fixture.user_id, [fixture.product_id], args.orders)
+        # Paused, its periodic sweeps cannot compete with the bulk writes; they see
+        # every seeded order once it resumes, before the idle reading.
+        if "orders" in pids:
+            os.kill(pids["orders"], signal.SIGSTOP)
+        try:
+            seed_orders(mongo_uri, fixture.user_id, [fixture.product_id], args.orders)
+        finally:
+            if "orders" in pids:
+                os.kill(pids["orders"], signal.SIGCONT)
         progress(f"seeded in {time.monotonic() - started:.1f} s")
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
