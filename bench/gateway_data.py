@@ -95,8 +95,8 @@ def seed_orders(
         now = datetime.now(UTC)
         written = 0
         ids = (uuid.uuid4().hex for _ in range(count))
+        holds: dict[str, dict[str, int]] = {}
         while batch := list(islice(ids, SEED_BATCH)):
-            holds: dict[str, dict[str, int]] = {}
             inserts = []
             for index, order_id in enumerate(batch, start=written):
                 product_id = product_ids[index % len(product_ids)]
@@ -109,13 +109,30 @@ def seed_orders(
                     reservation_ttl=RESERVATION,
                 )
                 inserts.append(InsertOne({**_order_doc(order), "version": 0, "outbox": []}))
-                holds.setdefault(product_id, {})[f"{HOLDS_FIELD}.{order_id}"] = 1
+                holds.setdefault(product_id, {})[order_id] = 1
             store.db[ORDERS].bulk_write(inserts, ordered=False)
-            for product_id, fields in holds.items():
-                store.db[PRODUCTS].update_one(
-                    {"_id": product_id}, {"$set": fields, "$inc": {"stock": -len(fields)}}
-                )
             written += len(batch)
+        for product_id, new_holds in holds.items():
+            _add_holds(store, product_id, new_holds)
         return written
     finally:
         client.close()
+
+
+def _add_holds(store: OrdersStore, product_id: str, new_holds: dict[str, int]) -> None:
+    """Add ``new_holds`` to the product's holds and take their stock, in one write.
+
+    One ``$set`` of the whole map: a ``$set`` of each ``holds.<orderId>`` rewrites the
+    growing document once per batch, which made seeding quadratic. Compare-and-set on
+    the holds as read, so a concurrent change fails loudly instead of being lost.
+    """
+    products = store.db[PRODUCTS]
+    current = (products.find_one({"_id": product_id}, {HOLDS_FIELD: 1}) or {}).get(HOLDS_FIELD)
+    merged = {**(current or {}), **new_holds}
+    taken = sum(new_holds.values())
+    done = products.update_one(
+        {"_id": product_id, HOLDS_FIELD: current, "stock": {"$gte": taken}},
+        {"$set": {HOLDS_FIELD: merged}, "$inc": {"stock": -taken}},
+    )
+    if done.modified_count != 1:
+        raise RuntimeError(f"{product_id} changed, or lacks stock, while seeding; try again")
