@@ -2,10 +2,10 @@
 
 ``prepare`` makes, over HTTP like any client, a product with stock enough for every
 order the bench places, a customer with a token and one order of theirs. ``seed_orders``
-writes N pending orders straight into the orders database, each holding its stock the
-way ``orders.store`` keeps it (the order's ``heldProducts``, the product's
-``holds.<orderId>``, ``stock`` lowered by the same quantity), as if placed through the
-API and their ``order_created`` events already relayed.
+writes N pending orders straight into the orders database (bulk inserts), then adds
+their holds the way ``orders.store`` keeps them (the order's ``heldProducts``, the
+product's ``holds.<orderId>``, ``stock`` lowered by the same quantity) in one write per
+product: the end state of N orders placed through the API, their events relayed.
 """
 
 from __future__ import annotations
