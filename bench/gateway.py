@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from bench import gateway_profile
 from bench.gateway_data import PRODUCT_PRICE, Fixture, prepare, seed_orders
 from bench.gateway_load import (
@@ -91,6 +93,12 @@ class PathResult:
     errors: int
     cpu_ms: dict[str, float]  # per request (or purchase), by process and "wrk"
     kernel: dict[str, float]  # share of each process's CPU spent in the kernel
+    failure: str | None = None  # why the path could not be measured
+
+
+def failed_path(path: BenchPath, reason: str) -> PathResult:
+    """A row saying the path could not be measured (e.g. no token: the stack timed out)."""
+    return PathResult(path, 0, math.nan, math.nan, math.nan, 0, {}, {}, reason)
 
 
 def progress(text: str) -> None:
@@ -207,6 +215,9 @@ def path_table(results: Sequence[PathResult], names: Sequence[str]) -> list[str]
         "|---" * (len(columns) + 7) + "|",
     ]  # fmt: skip
     for r in results:
+        if r.failure is not None:
+            lines.append(f"| {r.path.label} | failed: {r.failure} |")
+            continue
         cells = [r.path.label, f"{r.per_second:.0f}", _cell(r.p50_ms, 1), _cell(r.p99_ms, 1),
                  str(r.errors), *(_cell(r.cpu_ms.get(name, math.nan)) for name in columns),
                  _cell(_ours(r, names)),
@@ -227,12 +238,12 @@ def kernel_table(results: Sequence[PathResult], names: Sequence[str]) -> list[st
 
 def target_lines(results: Sequence[PathResult], names: Sequence[str]) -> list[str]:
     """The issue's ratio targets as measured: list vs one product, p99 vs p50."""
-    by_key = {r.path.key: r for r in results}
+    by_key = {r.path.key: r for r in results if r.failure is None}
     lines = []
     if "product" in by_key and "products" in by_key:
         ratio = _ours(by_key["products"], names) / _ours(by_key["product"], names)
         lines.append(f"list of 10 / one product, CPU of ours: {ratio:.2f}x (target <= 1.5)")
-    spread = {r.path.key: r.p99_ms / r.p50_ms for r in results if r.p50_ms}
+    spread = {r.path.key: r.p99_ms / r.p50_ms for r in by_key.values() if r.p50_ms}
     if spread:
         worst = max(spread, key=spread.__getitem__)
         lines.append(f"worst p99/p50: {spread[worst]:.1f}x on {worst} (target < 3)")
@@ -241,7 +252,7 @@ def target_lines(results: Sequence[PathResult], names: Sequence[str]) -> list[st
 
 def summary_line(results: Sequence[PathResult]) -> str:
     """``gateway-cpu-ms read=X auth-read=Y order-total=Z`` (``n/a``: path not run)."""
-    by_key = {r.path.key: r for r in results}
+    by_key = {r.path.key: r for r in results if r.failure is None}
 
     def gateway_ms(key: str) -> str:
         return _cell(by_key[key].cpu_ms.get("gateway", math.nan)) if key in by_key else "n/a"
@@ -334,7 +345,11 @@ def run(args: argparse.Namespace, base_url: str, pids: dict[str, int], mongo_uri
     for path in PATHS:
         if path.key in args.paths:
             progress(f"{path.label}: {args.warmup:g} s warm-up, {args.duration:g} s measured")
-            results.append(measure_path(path, fixture, pids, args))
+            try:
+                results.append(measure_path(path, fixture, pids, args))
+            except (RuntimeError, requests.RequestException) as exc:
+                progress(f"{path.label} failed: {exc}")
+                results.append(failed_path(path, str(exc).splitlines()[0][:120]))
     return results, idle
 
 

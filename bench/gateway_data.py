@@ -10,6 +10,7 @@ product: the end state of N orders placed through the API, their events relayed.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,9 +45,17 @@ class Fixture:
     password: str
     order_id: str
 
-    def token(self) -> str:
-        """A fresh access token of the customer (they live 15 minutes)."""
-        return login(self.base_url, self.email, self.password)
+    def token(self, attempts: int = 3) -> str:
+        """A fresh access token of the customer (they live 15 minutes); a stack too busy
+        to answer gets ``attempts`` tries."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return login(self.base_url, self.email, self.password)
+            except RuntimeError:
+                if attempt == attempts:
+                    raise
+                time.sleep(2)
+        raise AssertionError("unreachable")
 
 
 def _call(method: str, url: str, expect: int, token: str | None = None, **kwargs) -> dict:

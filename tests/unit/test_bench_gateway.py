@@ -6,7 +6,7 @@ import os
 import pytest
 import yaml
 
-from bench.gateway import PATHS, Idle, PathResult, report, summary_line
+from bench.gateway import PATHS, Idle, PathResult, failed_path, report, summary_line
 from bench.gateway_load import (
     cpu_ticks,
     descendants,
@@ -168,3 +168,15 @@ def test_summary_line_names_paths_not_run():
     assert summary_line([_result("health", gateway=0.5)]) == (
         "gateway-cpu-ms read=n/a auth-read=n/a order-total=n/a"
     )
+
+
+def test_a_failed_path_is_a_row_of_its_own_and_counts_as_not_run():
+    results = [
+        _result("health", gateway=0.5),
+        _result("product", gateway=2.0),
+        failed_path(next(p for p in PATHS if p.key == "products"), "504 UPSTREAM_TIMEOUT"),
+        failed_path(next(p for p in PATHS if p.key == "order"), "504 UPSTREAM_TIMEOUT"),
+    ]
+    lines = report(results, None, ["gateway"])
+    assert "| GET /api/products?limit=10 | failed: 504 UPSTREAM_TIMEOUT |" in lines
+    assert lines[-1] == "gateway-cpu-ms read=2.00 auth-read=n/a order-total=n/a"
