@@ -96,6 +96,20 @@ class PathResult:
     failure: str | None = None  # why the path could not be measured
 
 
+#: Past this share of errors a path's CPU per request mostly prices error answers (a 503
+#: from an open breaker is cheap): the summary and the ratio targets leave it out.
+MAX_ERROR_SHARE = 0.01
+
+
+def measured(result: PathResult) -> bool:
+    """True when ``result`` measures the path itself: it ran, with next to no errors."""
+    return (
+        result.failure is None
+        and result.count > 0
+        and result.errors <= MAX_ERROR_SHARE * result.count
+    )
+
+
 def failed_path(path: BenchPath, reason: str) -> PathResult:
     """A row saying the path could not be measured (e.g. no token: the stack timed out)."""
     return PathResult(path, 0, math.nan, math.nan, math.nan, 0, {}, {}, reason)
@@ -239,8 +253,12 @@ def kernel_table(results: Sequence[PathResult], names: Sequence[str]) -> list[st
 
 def target_lines(results: Sequence[PathResult], names: Sequence[str]) -> list[str]:
     """The issue's ratio targets as measured: list vs one product, p99 vs p50."""
-    by_key = {r.path.key: r for r in results if r.failure is None}
-    lines = []
+    by_key = {r.path.key: r for r in results if measured(r)}
+    lines = [
+        f"{r.path.label}: {r.errors} errors for {r.count} answers; left out of what follows"
+        for r in results
+        if r.failure is None and not measured(r)
+    ]
     if "product" in by_key and "products" in by_key:
         ratio = _ours(by_key["products"], names) / _ours(by_key["product"], names)
         lines.append(f"list of 10 / one product, CPU of ours: {ratio:.2f}x (target <= 1.5)")
@@ -252,8 +270,9 @@ def target_lines(results: Sequence[PathResult], names: Sequence[str]) -> list[st
 
 
 def summary_line(results: Sequence[PathResult]) -> str:
-    """``gateway-cpu-ms read=X auth-read=Y order-total=Z`` (``n/a``: path not run)."""
-    by_key = {r.path.key: r for r in results if r.failure is None}
+    """``gateway-cpu-ms read=X auth-read=Y order-total=Z`` (``n/a``: the path did not run,
+    or answered more than 1% errors)."""
+    by_key = {r.path.key: r for r in results if measured(r)}
 
     def gateway_ms(key: str) -> str:
         return _cell(by_key[key].cpu_ms.get("gateway", math.nan)) if key in by_key else "n/a"

@@ -180,3 +180,11 @@ def test_a_failed_path_is_a_row_of_its_own_and_counts_as_not_run():
     lines = report(results, None, ["gateway"])
     assert "| GET /api/products?limit=10 | failed: 504 UPSTREAM_TIMEOUT |" in lines
     assert lines[-1] == "gateway-cpu-ms read=2.00 auth-read=n/a order-total=n/a"
+
+
+def test_a_path_answering_errors_is_left_out_of_the_summary():
+    results = [_result("health", gateway=0.5), _result("product", gateway=2.0)]
+    results[1].errors = 50  # of 100 answers: mostly cheap 503s
+    lines = report(results, None, ["gateway"])
+    assert "GET /api/products/{id}: 50 errors for 100 answers; left out of what follows" in lines
+    assert lines[-1] == "gateway-cpu-ms read=n/a auth-read=n/a order-total=n/a"
