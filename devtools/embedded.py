@@ -239,6 +239,27 @@ class _EmbeddedServer:
         self._port = None
         self._cleanup()
 
+    def restart(self, kill: bool = False, down_for: float = 0.0) -> Self:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill``), wait ``down_for`` s, and
+        start it again on the same port with the same data: an outage, or a crash."""
+        port = self.port
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else self._stop_signal())
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        time.sleep(down_for)
+        try:
+            self._spawn(port)
+            self._wait_until_ready(port)
+        except BaseException:
+            self._terminate()
+            raise
+        return self
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -373,26 +394,6 @@ class EmbeddedRedis(_EmbeddedServer):
         if not self.durable:
             return "not durable: no append-only file"
         return f"durable: append-only file in {self.data_dir}, appendfsync {self.appendfsync}"
-
-    def restart(self, kill: bool = False) -> Self:
-        """Stop the server (SIGTERM, or SIGKILL with ``kill``) and start it again on the
-        same port with the same data; what a broker restart or crash looks like."""
-        port = self.port
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                process.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        try:
-            self._spawn(port)
-            self._wait_until_ready(port)
-        except BaseException:
-            self._terminate()
-            raise
-        return self
 
     def _workdir(self) -> Path:
         if self._given_data_dir is not None:
