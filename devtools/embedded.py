@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -239,9 +239,15 @@ class _EmbeddedServer:
         self._port = None
         self._cleanup()
 
-    def restart(self, kill: bool = False, down_for: float = 0.0) -> Self:
-        """Stop the server (SIGTERM, or SIGKILL with ``kill``), wait ``down_for`` s, and
-        start it again on the same port with the same data: an outage, or a crash."""
+    def restart(
+        self,
+        kill: bool = False,
+        down_for: float = 0.0,
+        while_down: Callable[[], None] | None = None,
+    ) -> Self:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill``), call ``while_down``, wait
+        ``down_for`` s, and start it again on the same port with the same data: an outage,
+        or a crash."""
         port = self.port
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
@@ -251,6 +257,8 @@ class _EmbeddedServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if while_down is not None:
+            while_down()
         time.sleep(down_for)
         try:
             self._spawn(port)
