@@ -121,10 +121,10 @@ class EventHandler(nameko_events.EventHandler):
         event = worker_ctx.args[0]
         try:
             self._after_failure(event, context, 1, exc_info)
-        except PyMongoError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the event must not be lost
             log.warning(
-                "%s failed and its retry could not be written (%s); requeued on the broker",
-                self.handler_name, exc,
+                "%s failed and its retry could not be written (%s: %s); requeued on the broker",
+                self.handler_name, type(exc).__name__, exc,
             )  # fmt: skip
             eventlet.sleep(REQUEUE_PAUSE)
             self.queue_consumer.requeue_message(message)

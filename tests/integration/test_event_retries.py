@@ -16,9 +16,10 @@ from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from common import dead_letters, ops_http
-from common.event_handlers import RetryPolicy, event_handler
+from common.event_handlers import event_handler
 from common.events import apply_once, new_event
 from common.mongo import Mongo
+from tests.support import wait_for
 
 #: Fast tries for tests: 3 in all, 0.2 s then 0.4 s apart.
 TEST_RETRY = {"attempts": 3, "first_delay_seconds": 0.2, "max_delay_seconds": 1}
@@ -46,15 +47,6 @@ class Flaky(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         apply_once(self.db.counts, {"_id": entry_id}, {"$inc": {"seen": 1}}, event["id"])
 
 
-def wait_until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 @pytest.fixture
 def flaky(broker, mongo_uri, mongo_client):
     database = f"test_{uuid.uuid4().hex[:8]}_flaky"
@@ -78,20 +70,13 @@ def seen(db, entry_id):
     return (db.counts.find_one({"_id": entry_id}) or {}).get("seen", 0)
 
 
-def test_backoff_doubles_up_to_the_cap_and_reads_config():
-    policy = RetryPolicy.from_config({"EVENT_RETRY": {"attempts": 4, "max_delay_seconds": 5}})
-    assert policy.attempts == 4
-    assert [policy.delay(n).total_seconds() for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
-    assert RetryPolicy.from_config({}) == RetryPolicy()
-
-
 def test_a_handler_that_fails_twice_applies_the_event_once_on_the_third_try(flaky):
     config, db, _ = flaky
     db.plans.insert_one({"_id": "twice", "fail": 2})
     publish(config, "twice")
-    assert wait_until(lambda: seen(db, "twice") == 1)
+    wait_for(lambda: seen(db, "twice") == 1, timeout=20)
     assert db.tries.find_one({"_id": "twice"})["n"] == 3
-    assert wait_until(lambda: db.event_retries.count_documents({}) == 0)
+    wait_for(lambda: db.event_retries.count_documents({}) == 0, timeout=20)
     assert db.dead_letters.count_documents({}) == 0
 
 
@@ -99,7 +84,7 @@ def test_a_poison_event_becomes_a_dead_letter_counted_and_replayed_once(flaky):
     config, db, container = flaky
     db.plans.insert_one({"_id": "poison", "always": True})
     event = publish(config, "poison")
-    assert wait_until(lambda: db.dead_letters.count_documents({}) == 1)
+    wait_for(lambda: db.dead_letters.count_documents({}) == 1, timeout=20)
     assert db.tries.find_one({"_id": "poison"})["n"] == 3
     assert db.event_retries.count_documents({}) == 0
 
@@ -117,7 +102,7 @@ def test_a_poison_event_becomes_a_dead_letter_counted_and_replayed_once(flaky):
         # Fixed: replayed once it applies; a second replay finds nothing to replay.
         db.plans.update_one({"_id": "poison"}, {"$set": {"always": False}})
         assert proxy.replay_dead_letter(letter["id"]) is True
-        assert wait_until(lambda: seen(db, "poison") == 1)
+        wait_for(lambda: seen(db, "poison") == 1, timeout=20)
         assert proxy.replay_dead_letter(letter["id"]) is False
         assert proxy.replay_dead_letters() == 0
         assert proxy.list_dead_letters() == []
@@ -125,7 +110,7 @@ def test_a_poison_event_becomes_a_dead_letter_counted_and_replayed_once(flaky):
 
     # The same event delivered again changes nothing a second time.
     event_dispatcher(config)("ledger", "entry_added", event)
-    assert wait_until(lambda: db.tries.find_one({"_id": "poison"})["n"] == 5)
+    wait_for(lambda: db.tries.find_one({"_id": "poison"})["n"] == 5, timeout=20)
     time.sleep(0.3)
     assert seen(db, "poison") == 1
 
@@ -135,9 +120,9 @@ def test_replay_all_runs_every_dead_letter(flaky):
     db.plans.insert_many([{"_id": name, "always": True} for name in ("p1", "p2")])
     publish(config, "p1")
     publish(config, "p2")
-    assert wait_until(lambda: db.dead_letters.count_documents({}) == 2)
+    wait_for(lambda: db.dead_letters.count_documents({}) == 2, timeout=20)
     db.plans.update_many({}, {"$set": {"always": False}})
     with ServiceRpcProxy("flaky", config) as proxy:
         assert proxy.replay_dead_letters() == 2
-    assert wait_until(lambda: seen(db, "p1") == seen(db, "p2") == 1)
+    wait_for(lambda: seen(db, "p1") == seen(db, "p2") == 1, timeout=20)
     assert db.dead_letters.count_documents({}) == 0

@@ -22,6 +22,7 @@ from common.event_handlers import event_handler
 from common.events import Outbox, apply_once, new_event, with_events
 from common.mongo import Mongo
 from devtools.embedded import EmbeddedRedis
+from tests.support import wait_for
 
 
 class Ledger:
@@ -55,15 +56,6 @@ class Listener:
             {"$inc": {"seen": 1}, "$push": {"ids": event["id"]}},
             event["id"],
         )
-
-
-def wait_until(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture
@@ -105,14 +97,16 @@ def test_events_leave_the_outbox_only_once_fsynced_and_stay_when_not(
         try:
             with ServiceRpcProxy("ledger", config) as ledger:
                 ledger.add("confirmed")
-                assert wait_until(lambda: entries.find_one({"_id": "confirmed"})["outbox"] == [])
+                wait_for(lambda: entries.find_one({"_id": "confirmed"})["outbox"] == [], timeout=20)
 
                 # The broker stops being able to confirm (no append-only file): the event
                 # is published but stays in the outbox, also through the relay.
                 admin.config_set("appendonly", "no")
                 with caplog.at_level(logging.WARNING, logger="common.events"):
                     ledger.add("unconfirmed")
-                    assert wait_until(lambda: counts.find_one({"_id": "unconfirmed"})["seen"] == 1)
+                    wait_for(
+                        lambda: counts.find_one({"_id": "unconfirmed"})["seen"] == 1, timeout=20
+                    )
                     assert ledger.relay() == 1
                     time.sleep(0.5)  # the flush's background confirmation had its chance
                 assert len(entries.find_one({"_id": "unconfirmed"})["outbox"]) == 1
@@ -120,7 +114,9 @@ def test_events_leave_the_outbox_only_once_fsynced_and_stay_when_not(
 
                 # Confirmation works again: the relay publishes it again, then removes it.
                 admin.config_set("appendonly", "yes")
-                assert wait_until(lambda: admin.info("persistence")["aof_rewrite_in_progress"] == 0)
+                wait_for(
+                    lambda: admin.info("persistence")["aof_rewrite_in_progress"] == 0, timeout=20
+                )
                 assert ledger.relay() == 1
                 assert entries.find_one({"_id": "unconfirmed"})["outbox"] == []
                 assert ledger.relay() == 0
