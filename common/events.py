@@ -5,8 +5,18 @@ between the two loses the event (the dual-write problem of nameko-examples). Her
 change and the events it causes are written in ONE document update: the events go into
 the document's ``outbox`` array (:func:`with_events`). After the write the service calls
 ``self.outbox.flush(collection, doc_id)``, which publishes what the document holds and
-removes each event once published; a ``@timer`` calls ``self.outbox.relay(collection)``
-to publish what a process that died in between left behind.
+removes each event once the broker made it durable; a ``@timer`` calls
+``self.outbox.relay(collection)`` to publish what a process that died in between, or a
+broker that did not confirm, left behind.
+
+Durable means: on RabbitMQ, Nameko's publisher confirms for persistent messages (the
+publish returns once confirmed). On a Redis broker that can confirm (7.2+/Valkey with
+an append-only file), a background thread of the container confirms what was
+published with one ``WAITAOF`` for every event published since the last one
+(:class:`common.broker_durability.AofFence`), then removes those events: the caller
+does not wait for the fsync, and an event the broker did not confirm stays in the
+outbox for the relay. On a Redis that cannot confirm, the service warns once at start
+and removes events once published (durability is then the server's fsync policy).
 
 Delivery is therefore at least once, and every handler must be idempotent:
 :func:`apply_once` makes a conditional update happen once per event id, recording the id
@@ -20,12 +30,18 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import eventlet
+import redis
+from eventlet.queue import LightQueue
 from nameko.events import EventDispatcher
 from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
+
+from common.broker_durability import AofFence, NotDurable, is_redis_url, probe
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +51,13 @@ APPLIED_EVENTS_FIELD = "appliedEvents"
 APPLIED_EVENTS_KEPT = 200
 #: Events younger than this are left to the worker that wrote them.
 RELAY_AFTER = timedelta(seconds=5)
+#: The key the outbox's fence write goes to (one per service, short-lived).
+FENCE_KEY_TEMPLATE = "shop:outbox-fence:{}"
+#: Seconds the confirming thread sleeps when nothing waits for a confirmation.
+CONFIRM_IDLE_SECONDS = 0.02
+
+#: Events published and waiting for the broker's word: ``(collection, doc_id, ids)``.
+Published = tuple[Collection, Any, list[str]]
 
 
 def _iso(moment: datetime) -> str:
@@ -78,41 +101,147 @@ def already_applied(collection: Collection, doc_id: Any, event_id: str) -> bool:
     return collection.count_documents({"_id": doc_id, APPLIED_EVENTS_FIELD: event_id}) > 0
 
 
-class OutboxPublisher:
-    """Publishes the events documents hold in their outbox; what a worker gets."""
+def _remove(published: Published) -> None:
+    collection, doc_id, ids = published
+    collection.update_one({"_id": doc_id}, {"$pull": {OUTBOX_FIELD: {"id": {"$in": ids}}}})
 
-    def __init__(self, dispatch) -> None:
+
+def _remove_all(batch: list[Published]) -> None:
+    for published in batch:
+        _remove(published)
+
+
+class OutboxPublisher:
+    """Publishes the events documents hold in their outbox; what a worker gets.
+
+    ``settle_later`` receives what :meth:`flush` published and ``settle_now`` what
+    :meth:`relay` published, to remove it once durable; by default both remove it at
+    once (the publish itself was the confirmation)."""
+
+    def __init__(
+        self,
+        dispatch,
+        settle_later: Callable[[Published], None] = _remove,
+        settle_now: Callable[[list[Published]], None] = _remove_all,
+    ) -> None:
         self._dispatch = dispatch
+        self._settle_later = settle_later
+        self._settle_now = settle_now
 
     def flush(self, collection: Collection, doc_id: Any) -> int:
-        """Publish the outbox of one document; the number of events published."""
-        document = collection.find_one({"_id": doc_id}, {OUTBOX_FIELD: 1})
-        published = 0
-        for event in (document or {}).get(OUTBOX_FIELD, []):
-            self._dispatch(event["type"], event)
-            # Removed only once published: a crash in between publishes it again.
-            collection.update_one({"_id": doc_id}, {"$pull": {OUTBOX_FIELD: {"id": event["id"]}}})
-            published += 1
-        return published
+        """Publish the outbox of one document; the number of events published. The
+        events leave the outbox once the broker confirms them (the caller does not wait)."""
+        published = self._publish(collection, doc_id)
+        if published is not None:
+            self._settle_later(published)
+        return len(published[2]) if published else 0
 
     def relay(
         self, collection: Collection, older_than: timedelta = RELAY_AFTER, limit: int = 100
     ) -> int:
-        """Publish the events left in outboxes for longer than ``older_than``."""
+        """Publish the events left in outboxes for longer than ``older_than``; returns once
+        the broker confirmed them (one confirmation for all) and they left the outbox."""
         cutoff = _iso(datetime.now(UTC) - older_than)
         stale = collection.find(
             {f"{OUTBOX_FIELD}.0.occurredAt": {"$lt": cutoff}}, {"_id": 1}, limit=limit
         )
-        published = 0
-        for document in list(stale):
-            published += self.flush(collection, document["_id"])
-        if published:
-            log.info("relayed %d outbox events from %s", published, collection.name)
-        return published
+        batch = [self._publish(collection, document["_id"]) for document in list(stale)]
+        batch = [published for published in batch if published is not None]
+        count = sum(len(ids) for _, _, ids in batch)
+        if batch:
+            self._settle_now(batch)
+            log.info("relayed %d outbox events from %s", count, collection.name)
+        return count
+
+    def _publish(self, collection: Collection, doc_id: Any) -> Published | None:
+        document = collection.find_one({"_id": doc_id}, {OUTBOX_FIELD: 1})
+        events = (document or {}).get(OUTBOX_FIELD, [])
+        for event in events:
+            self._dispatch(event["type"], event)
+        # Removed only once durable: a crash or a refusal before publishes it again.
+        return (collection, doc_id, [event["id"] for event in events]) if events else None
 
 
 class Outbox(EventDispatcher):
-    """Nameko's event dispatcher, used only through the documents' outbox."""
+    """Nameko's event dispatcher, used only through the documents' outbox; on a Redis
+    broker that can confirm, it removes events only after ``WAITAOF`` (module doc)."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.fence: AofFence | None = None
+        self._waiting: LightQueue = LightQueue()
+        self._client: redis.Redis | None = None
+
+    def start(self) -> None:
+        super().start()
+        url = self.container.config["AMQP_URI"]
+        if not is_redis_url(url):
+            return
+        try:
+            durability = probe(url)
+        except redis.RedisError as exc:
+            durability = None
+            log.warning("could not ask the broker about durability (%s); confirming anyway", exc)
+        if durability is not None and not durability.confirms:
+            log.warning(
+                "the broker cannot confirm that events are durable; the outbox removes "
+                "them once published. %s",
+                durability.description,
+                extra={"broker": durability.description},
+            )
+            return
+        self._client = redis.Redis.from_url(url, socket_timeout=10)
+        self.fence = AofFence(self._client, FENCE_KEY_TEMPLATE.format(self.container.service_name))
+        self.container.spawn_managed_thread(self._confirm_forever)
+
+    def stop(self) -> None:
+        if self.fence is not None:
+            self._confirm_waiting()
+        self._close()
+        super().stop()
+
+    def kill(self) -> None:
+        self._close()
+        super().kill()
 
     def get_dependency(self, worker_ctx) -> OutboxPublisher:
-        return OutboxPublisher(super().get_dependency(worker_ctx))
+        dispatch = super().get_dependency(worker_ctx)
+        if self.fence is None:
+            return OutboxPublisher(dispatch)
+        return OutboxPublisher(dispatch, self._waiting.put, self._settle)
+
+    def _confirm_forever(self) -> None:
+        while True:
+            if not self._confirm_waiting():
+                eventlet.sleep(CONFIRM_IDLE_SECONDS)
+
+    def _confirm_waiting(self) -> int:
+        """Settle everything flushed so far with one confirmation; how many documents'
+        events it settled (removed, or left to the relay)."""
+        batch: list[Published] = []
+        while not self._waiting.empty():
+            batch.append(self._waiting.get_nowait())
+        if batch:
+            self._settle(batch)
+        return len(batch)
+
+    def _settle(self, batch: list[Published]) -> None:
+        """One ``WAITAOF`` for the whole batch, then remove its events from the outbox;
+        events the broker did not confirm stay there for the relay."""
+        if self.fence is None:
+            return
+        try:
+            self.fence.confirm()
+        except NotDurable as exc:
+            log.warning("%d outbox entries stay for the relay: %s", len(batch), exc)
+            return
+        for published in batch:
+            try:
+                _remove(published)
+            except PyMongoError as exc:  # left in the outbox: relayed again, applied once
+                log.warning("could not remove confirmed events %s: %s", published[2], exc)
+
+    def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()

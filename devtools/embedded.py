@@ -9,9 +9,10 @@ SecantusDB: ``docs/embedded-servers.md``. SIGKILL, not SIGTERM, for a Mongo
 with throwaway data: SecantusDB's clean shutdown can hang with nobody left to
 wait for it.
 
-``resolve_broker_url`` and ``resolve_mongo_uri`` decide, for the run command,
-whether to use a configured server, one already on this machine, or an
-embedded one.
+The embedded valkey keeps an append-only file (``appendfsync everysec``; the
+outbox waits for its fsync with ``WAITAOF``), so neither server loses what it
+confirmed to a SIGKILL. ``resolve_broker_url`` and ``resolve_mongo_uri`` decide,
+for the run command, whether to use a configured server or an embedded one.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nameko_redis_transport.testing.servers import (
+    APPENDFSYNC,
     LOCAL_REDIS,
     LOCALHOST,
-    REDIS_URL_TEMPLATE,
     EmbeddedRedis,
     EmbeddedServer,
     EmbeddedServerError,
@@ -39,6 +40,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 __all__ = [
+    "APPENDFSYNC",
     "LOCAL_REDIS",
     "EmbeddedMongo",
     "EmbeddedRedis",
@@ -53,6 +55,8 @@ __all__ = [
 
 #: Persistent data of the run command's embedded MongoDB (``var/`` is git-ignored).
 MONGO_DATA_DIR = Path("var") / "mongo"
+#: The run command's embedded valkey keeps its append-only file here.
+REDIS_DATA_DIR = Path("var") / "redis"
 
 #: Environment variables naming the broker, in order of precedence.
 BROKER_URL_ENV_VARS = ("AMQP_URI", "REDIS_URL")
@@ -154,22 +158,20 @@ class EmbeddedMongo(EmbeddedServer):
 
 def resolve_broker_url(
     env: Mapping[str, str] | None = None,
-    local_redis: tuple[str, int] | None = LOCAL_REDIS,
+    data_dir: str | os.PathLike[str] | None = REDIS_DATA_DIR,
 ) -> tuple[str, EmbeddedRedis | None]:
     """Pick the broker for a local run: ``(url, embedded_server_or_None)``.
 
-    ``AMQP_URI`` (or else ``REDIS_URL``) from ``env`` wins; else a Redis
-    already answering PING at ``local_redis`` (127.0.0.1:6379; None skips the
-    probe); else a started ``EmbeddedRedis``, which the caller must stop.
+    ``AMQP_URI`` (or else ``REDIS_URL``) from ``env`` wins, whatever it names (a Redis
+    on 127.0.0.1:6379 is used when named so); else a started, durable ``EmbeddedRedis``
+    keeping its append-only file in ``data_dir`` (``var/redis``; None: a temporary
+    directory), which the caller must stop.
     """
     env = os.environ if env is None else env
     for name in BROKER_URL_ENV_VARS:
         if env.get(name):
             return env[name], None
-    if local_redis is not None and redis_answers_ping(*local_redis):
-        host, port = local_redis
-        return REDIS_URL_TEMPLATE.format(host=host, port=port), None
-    server = EmbeddedRedis().start()
+    server = EmbeddedRedis(data_dir=data_dir).start()
     return server.url, server
 
 

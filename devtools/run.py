@@ -2,15 +2,17 @@
 
 Finds a broker and a MongoDB (``devtools.embedded.resolve_broker_url`` and
 ``resolve_mongo_uri``: the environment's ``AMQP_URI``/``REDIS_URL`` and
-``MONGO_URI`` first, then a Redis on 127.0.0.1:6379, then embedded servers),
-exports them as ``AMQP_URI``, ``REDIS_URL`` and ``MONGO_URI``, and runs every
+``MONGO_URI`` first, else embedded servers; a Redis on 127.0.0.1:6379 is used only
+when named), prints which broker it uses and whether it is durable, exports them as
+``AMQP_URI``, ``REDIS_URL`` and ``MONGO_URI``, and runs every
 process of the ``Procfile`` with honcho, their output interleaved and prefixed
 with the process name. No ``.env`` file is read: ``config.yml`` holds the
 defaults. Ctrl-C or SIGTERM stops the processes (SIGTERM, SIGKILL after 5 s),
 then the embedded servers. When one process exits, the others are stopped too
 and its exit code is returned.
 
-Embedded MongoDB keeps its data in ``var/mongo`` (``--data-dir`` moves it).
+The embedded valkey keeps its append-only file in ``var/redis`` and the embedded
+MongoDB its data in ``var/mongo`` (``--data-dir`` moves both).
 """
 
 from __future__ import annotations
@@ -24,17 +26,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
+import redis
 from honcho.environ import parse_procfile
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
+from common.broker_durability import probe
 from common.uris import redact_uri
-from devtools.embedded import (
-    LOCAL_REDIS,
-    EmbeddedServerError,
-    resolve_broker_url,
-    resolve_mongo_uri,
-)
+from devtools.embedded import EmbeddedServerError, resolve_broker_url, resolve_mongo_uri
 
 DEFAULT_PROCFILE = "Procfile"
 DEFAULT_DATA_DIR = "var"
@@ -45,7 +44,7 @@ SIGINT_EXIT_CODE = 130
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line: which Procfile, where embedded data lives, whether to probe :6379."""
+    """The command line: which Procfile, where embedded data lives."""
     parser = argparse.ArgumentParser(
         prog="python -m devtools.run", description=__doc__.split("\n\n")[0]
     )
@@ -57,13 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir",
         default=DEFAULT_DATA_DIR,
-        help="directory for embedded MongoDB data, relative to the Procfile's "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--embedded",
-        action="store_true",
-        help="start an embedded Redis even if one answers on 127.0.0.1:6379",
+        help="directory for the embedded servers' data (redis/, mongo/), relative to the "
+        "Procfile's (default: %(default)s)",
     )
     return parser.parse_args(argv)
 
@@ -95,6 +89,14 @@ def child_environment(env: Mapping[str, str], broker_url: str, mongo_uri: str) -
     return child
 
 
+def broker_durability(url: str) -> str:
+    """One line saying what the broker at ``url`` keeps (``common.broker_durability``)."""
+    try:
+        return probe(url).description
+    except redis.RedisError as exc:
+        return f"durability unknown: the broker does not answer ({exc})"
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -117,14 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     servers = []
     try:
-        broker_url, redis_server = resolve_broker_url(
-            os.environ, local_redis=None if args.embedded else LOCAL_REDIS
-        )
+        broker_url, redis_server = resolve_broker_url(os.environ, data_dir=data_dir / "redis")
         if redis_server is not None:
             servers.append(redis_server)
-            say(f"broker: embedded redis {broker_url} (pid {redis_server.pid})")
+            say(
+                f"broker: embedded redis {broker_url} (pid {redis_server.pid}) "
+                f"{redis_server.describe()}"
+            )
         else:
-            say(f"broker: {redact_uri(broker_url)}")
+            say(f"broker: {redact_uri(broker_url)} {broker_durability(broker_url)}")
 
         mongo_uri, mongo_server = resolve_mongo_uri(os.environ, data_dir=data_dir / "mongo")
         if mongo_server is not None:

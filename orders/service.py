@@ -16,13 +16,13 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError
 from nameko.dependency_providers import Config
-from nameko.events import event_handler
 from nameko.rpc import rpc
 from nameko.timer import timer
 
-from common import ops_http
+from common import dead_letters, ops_http
 from common.auth import Auth, Caller
 from common.errors import Forbidden, NotFound, OrderNotModifiable, ShopError, ValidationFailed
+from common.event_handlers import event_handler
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
@@ -69,7 +69,7 @@ ORDER_EXPIRED = "order_expired"
 ORDER_PAYMENT_REJECTED = "order_payment_rejected"
 
 
-class OrdersService(ops_http.OpsEndpoints):
+class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     name = "orders"
     request_context = RequestContext()
     store = OrdersDatabase(DEMO_CATALOG)

@@ -23,12 +23,11 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError
 from nameko.dependency_providers import Config
-from nameko.events import event_handler
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
 
-from common import ops_http
+from common import dead_letters, ops_http
 from common.auth import Auth
 from common.errors import (
     IdempotencyKeyReused,
@@ -40,6 +39,7 @@ from common.errors import (
     ValidationFailed,
     flatten_messages,
 )
+from common.event_handlers import event_handler
 from common.events import Outbox
 from common.health import health_report
 from common.logs import RequestContext
@@ -94,7 +94,7 @@ STALE_ATTEMPT_CONFIG_KEY = "PAYMENTS_STALE_ATTEMPT_SECONDS"
 DEFAULT_STALE_ATTEMPT_SECONDS = 60
 
 
-class PaymentsService(ops_http.OpsEndpoints):
+class PaymentsService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     name = "payments"
     request_context = RequestContext()
     db = Mongo("payments", indexes=INDEXES)

@@ -62,7 +62,6 @@ class DevRun:
                 *("-m", "devtools.run"),
                 *("--procfile", str(procfile)),
                 *("--data-dir", str(procfile.parent / "var")),
-                "--embedded",
             ],
             cwd=REPO_ROOT,
             env=env,
@@ -153,7 +152,11 @@ def test_runs_procfile_with_embedded_servers_and_stops_everything(
     procfile.write_text("alpha: python worker.py alpha\nbeta: python worker.py beta\n")
     run = devrun_factory(procfile)
 
-    redis_line = run.wait_for(r"devrun \| broker: embedded redis (redis://\S+) \(pid (\d+)\)")
+    redis_line = run.wait_for(
+        r"devrun \| broker: embedded redis (redis://\S+) \(pid (\d+)\) durable: append-only "
+        r"file in (\S+), appendfsync everysec$"
+    )
+    assert Path(redis_line.group(3)) == (workdir / "var" / "redis").resolve()
     mongo_line = run.wait_for(r"devrun \| mongo: embedded (mongodb://\S+) \(pid (\d+),")
     redis_url, redis_pid = redis_line.group(1), int(redis_line.group(2))
     mongo_uri, mongo_pid = mongo_line.group(1), int(mongo_line.group(2))
@@ -177,6 +180,7 @@ def test_runs_procfile_with_embedded_servers_and_stops_everything(
     output = run.output
     assert output.index("alpha stopped") < output.index("stopping embedded mongo")
     assert (workdir / "var" / "mongo").is_dir()
+    assert list((workdir / "var" / "redis").glob("appendonlydir/*.aof"))
 
 
 def test_one_process_exiting_stops_the_rest_and_sets_the_exit_code(workdir, devrun_factory):
@@ -202,3 +206,17 @@ def test_configured_mongo_is_used_instead_of_an_embedded_one(workdir, devrun_fac
     assert run.wait() == 130
     assert "embedded mongo" not in run.output
     assert not (workdir / "var" / "mongo").exists()
+
+
+def test_a_named_broker_is_used_and_its_durability_said(workdir, devrun_factory, redis_url):
+    procfile = workdir / "Procfile"
+    procfile.write_text("alpha: python worker.py alpha\n")
+    run = devrun_factory(procfile, {"AMQP_URI": redis_url})
+    line = run.wait_for(rf"devrun \| broker: {re.escape(redis_url)} (.*)$").group(1)
+    run.wait_for(rf"alpha AMQP_URI={re.escape(redis_url)}$")
+    run.process.send_signal(signal.SIGINT)
+    assert run.wait() == 130
+    assert "embedded redis" not in run.output
+    assert not (workdir / "var" / "redis").exists()
+    aof = redis.Redis.from_url(redis_url).config_get("appendonly")["appendonly"] == "yes"
+    assert ("NOT durable" in line) is not aof, line

@@ -56,7 +56,8 @@ class TestEmbeddedRedis:
             client.set("k", "v")
             assert client.get("k") == b"v"
             assert client.config_get("save")["save"] == ""
-            assert client.config_get("appendonly")["appendonly"] == "no"
+            assert client.config_get("appendonly")["appendonly"] == "yes"
+            assert client.config_get("appendfsync")["appendfsync"] == "everysec"
             client.close()
             pid, port, workdir = server.pid, server.port, server.log_path.parent
         finally:
@@ -202,18 +203,39 @@ if sys.argv[1] == "kill":
 
 
 class TestResolve:
-    def test_broker_uses_a_redis_that_answers_locally(self):
-        with EmbeddedRedis() as local:
-            url, server = resolve_broker_url({}, local_redis=("127.0.0.1", local.port))
-            assert (url, server) == (f"redis://127.0.0.1:{local.port}/0", None)
-
-    def test_broker_starts_embedded_redis_when_none_answers(self):
-        url, server = resolve_broker_url({}, local_redis=("127.0.0.1", free_port()))
+    def test_broker_is_a_durable_embedded_valkey_in_the_data_dir(self, tmp_path):
+        url, server = resolve_broker_url({}, data_dir=tmp_path / "var" / "redis")
         try:
             assert server is not None and url == server.url
-            assert redis.Redis.from_url(url).ping()
+            client = redis.Redis.from_url(url)
+            assert client.config_get("appendonly")["appendonly"] == "yes"
+            assert client.config_get("dir")["dir"] == str((tmp_path / "var" / "redis").resolve())
+            client.close()
         finally:
             server.stop()
+        assert list((tmp_path / "var" / "redis").glob("appendonlydir/*"))
+
+
+class TestDurability:
+    @pytest.mark.parametrize("kill", [False, True], ids=["SIGTERM", "SIGKILL"])
+    def test_a_restart_keeps_what_was_fsynced(self, kill):
+        with EmbeddedRedis() as server:
+            client = redis.Redis.from_url(server.url)
+            client.rpush("queue", *[f"m{i}" for i in range(100)])
+            assert client.execute_command("WAITAOF", 1, 0, 2000)[0] == 1
+            pid = server.pid
+            server.restart(kill=kill)
+            assert server.pid != pid
+            client = redis.Redis.from_url(server.url)
+            assert client.lrange("queue", 0, -1) == [f"m{i}".encode() for i in range(100)]
+            client.close()
+
+    def test_not_durable_on_request(self):
+        with EmbeddedRedis(durable=False) as server:
+            client = redis.Redis.from_url(server.url)
+            client.set("k", "v")
+            server.restart()
+            assert redis.Redis.from_url(server.url).get("k") is None
 
     def test_mongo_starts_embedded_server_in_the_data_dir(self, tmp_path):
         uri, server = resolve_mongo_uri({}, data_dir=tmp_path / "var" / "mongo")

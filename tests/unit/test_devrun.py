@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults():
     args = parse_args([])
-    assert (args.procfile, args.data_dir, args.embedded) == ("Procfile", "var", False)
+    assert (args.procfile, args.data_dir) == ("Procfile", "var")
 
 
 def test_read_procfile_keeps_order_and_commands(tmp_path):

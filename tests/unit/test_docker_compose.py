@@ -36,6 +36,20 @@ def test_every_service_and_its_backing_servers_are_defined(compose):
     assert services["mongo"]["image"] == "mongo:7"
 
 
+def test_redis_keeps_messages_in_an_append_only_file_on_a_volume(compose):
+    from devtools.embedded import APPENDFSYNC
+
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=False))
+    assert flags["--appendonly"] == "yes"
+    # The policy measured and shipped with the embedded valkey (docs/reliability.md).
+    assert flags["--appendfsync"] == APPENDFSYNC
+    volume, mount = redis["volumes"][0].split(":")
+    assert mount == "/data"  # the redis image's working directory, where the file goes
+    assert volume in compose["volumes"]
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_service_is_built_from_the_one_dockerfile(compose, name):
     service = compose["services"][name]

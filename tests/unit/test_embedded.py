@@ -68,7 +68,7 @@ def test_redis_ping_is_false_where_nothing_or_no_redis_answers(listening_socket)
     ids=["amqp-uri", "redis-url", "amqp-uri-wins"],
 )
 def test_broker_from_environment_starts_nothing(env, expected):
-    assert resolve_broker_url(env, local_redis=None) == (expected, None)
+    assert resolve_broker_url(env) == (expected, None)
 
 
 def test_mongo_from_environment_starts_nothing(tmp_path):

