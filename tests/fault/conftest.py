@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from nameko_redis_transport.testing.processes import ServiceProcess
 
 from common.config import load_config, merge_config
 from devtools.embedded import EmbeddedMongo, EmbeddedRedis, free_port
-from tests.fixtures.processes import ServiceProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("users", "orders", "payments")
@@ -102,7 +102,11 @@ class Stack:
         if old is not None:
             old.close()
         self.processes[name] = ServiceProcess(
-            self.config_path, [f"{name}.service"], f"{name}-{time.time_ns()}", self.workdir
+            self.config_path,
+            [f"{name}.service"],
+            f"{name}-{time.time_ns()}",
+            self.workdir,
+            cwd=REPO_ROOT,
         )
 
     def wait_ready(self, name: str, timeout: float = 60) -> None:

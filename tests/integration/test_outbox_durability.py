@@ -151,7 +151,7 @@ def test_a_broker_that_cannot_confirm_is_named_once_at_start(config_for, mongo_c
 def test_on_rabbitmq_events_are_persistent_and_confirmed_into_durable_queues(
     rabbit_vhosts, config_for, mongo_client
 ):
-    from tests.fixtures.brokers import rabbit_broker
+    from nameko_redis_transport.testing.brokers import rabbit_broker
 
     broker, release = rabbit_broker(rabbit_vhosts)
     try:
