@@ -11,12 +11,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import jwt
 
+from common.clock import Clock, utc_now
 from common.errors import Unauthorized
+from common.settings import Setting, text
 
 ROLE_CUSTOMER = "customer"
 ROLE_ADMIN = "admin"
@@ -36,18 +38,13 @@ REFRESH_TOKEN_TTL = timedelta(days=7)
 MAX_TOKEN_LENGTH = 4096
 REQUIRED_CLAIMS = ("iss", "sub", "role", "type", "jti", "sid", "iat", "exp")
 
-#: The development secret; config.yml's ``${JWT_SECRET:...}`` default must be this string.
+#: The development secret (``JWT_SECRET`` unset), refused in production.
 DEFAULT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
 PRODUCTION_ENV = "production"
+#: Where the shop runs; in production the development secrets are refused.
+SHOP_ENV = Setting("SHOP_ENV", text, "development", "``production`` refuses development secrets.")
 #: Bytes of secret required in production (HS256 keys shorter than its hash are weak).
 MIN_PRODUCTION_SECRET_BYTES = 32
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
 
 
 class InsecureSecretError(RuntimeError):

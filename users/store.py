@@ -8,6 +8,7 @@ only the refresh token whose ``jti`` is the session's ``refreshJti`` may be used
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,11 @@ from pymongo.errors import DuplicateKeyError
 
 from common.errors import EmailTaken
 from common.events import OUTBOX_FIELD
-from users.domain import User
+from common.mongo import Mongo, MongoStore
+from users.admin import AdminSettings, ensure_admin
+from users.domain import PasswordHasher, User
+
+log = logging.getLogger(__name__)
 
 USERS = "users"
 SESSIONS = "sessions"
@@ -54,7 +59,7 @@ def _user_document(user: User) -> dict[str, Any]:
     }
 
 
-def _user(document: Mapping[str, Any] | None) -> User | None:
+def _user_from_document(document: Mapping[str, Any] | None) -> User | None:
     if document is None:
         return None
     return User(
@@ -71,11 +76,11 @@ def _user(document: Mapping[str, Any] | None) -> User | None:
 _NO_OUTBOX = {OUTBOX_FIELD: 0}
 
 
-class UsersStore:
+class UsersStore(MongoStore):
     """The users database as the service sees it; one per worker."""
 
     def __init__(self, database: Database) -> None:
-        self.database = database
+        super().__init__(database)
         self.users = database[USERS]
         self.sessions = database[SESSIONS]
 
@@ -92,11 +97,11 @@ class UsersStore:
             raise EmailTaken() from None
 
     def get_user(self, user_id: str) -> User | None:
-        return _user(self.users.find_one({"_id": user_id}, _NO_OUTBOX))
+        return _user_from_document(self.users.find_one({"_id": user_id}, _NO_OUTBOX))
 
     def find_by_email(self, email: str) -> User | None:
         """The user with this (already normalised) email."""
-        return _user(self.users.find_one({"email": email}, _NO_OUTBOX))
+        return _user_from_document(self.users.find_one({"email": email}, _NO_OUTBOX))
 
     def update_user(
         self,
@@ -117,7 +122,7 @@ class UsersStore:
         query: dict[str, Any] = {"_id": user_id}
         if expected_hash is not None:
             query["passwordHash"] = expected_hash
-        return _user(
+        return _user_from_document(
             self.users.find_one_and_update(
                 query,
                 {"$set": changes},
@@ -215,3 +220,28 @@ class UsersStore:
                 {"$set": {"revoked": True, "updatedAt": now}},
             )
         return [SessionEnd(document["_id"], document["expiresAt"]) for document in live]
+
+
+class UsersDatabase(Mongo):
+    """``Mongo("users")`` handing each worker a :class:`UsersStore`; ensures the admin
+    account (:mod:`users.admin`) when the container starts."""
+
+    store_class = UsersStore
+
+    def __init__(self) -> None:
+        super().__init__("users", indexes=INDEXES, tz_aware=True)
+
+    def setup(self) -> None:
+        super().setup()
+        self.admin = AdminSettings.read(self.container.config)
+
+    def start(self) -> None:
+        super().start()
+        store = UsersStore(self.database)
+        try:
+            ensure_admin(
+                store, self.admin.email, self.admin.password, PasswordHasher(), store.now()
+            )
+        except BaseException:
+            self._close()
+            raise

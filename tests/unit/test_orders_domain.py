@@ -10,13 +10,14 @@ from orders.domain import (
     DEMO_CATALOG,
     ORDER_STATUSES,
     Address,
+    HoldChange,
     Order,
     OrderLine,
     Product,
     RequestedItem,
+    hold_changes,
     insufficient_stock,
     price_lines,
-    reservation_delta,
 )
 from orders.schemas import (
     CreateOrderSchema,
@@ -182,11 +183,15 @@ def test_admin_cannot_make_other_moves(source, target):
 
 def test_pending_order_items_and_address_change():
     order = _order(items=[RequestedItem("product-1", 2), RequestedItem("product-2", 1)])
-    delta = order.replace_items(
+    changes = order.replace_items(
         price_lines([RequestedItem("product-1", 1), RequestedItem("product-3", 4)], CATALOG),
         LATER,
     )
-    assert delta == {"product-1": -1, "product-2": -1, "product-3": 4}
+    assert changes == [
+        HoldChange("product-1", 2, 1),
+        HoldChange("product-2", 1, 0),
+        HoldChange("product-3", 0, 4),
+    ]
     assert order.total_cents == 2999 + 4 * 999
     assert order.updated_at == LATER
     new_address = Address("1 Other St", "Busan", "54321")
@@ -259,16 +264,24 @@ def test_price_lines_keeps_the_list_invariants(items):
         price_lines(items, CATALOG)
 
 
-def test_reservation_delta():
+def test_hold_changes_name_each_product_whose_quantity_moves_in_product_order():
     one = OrderLine("product-1", "Mouse", 1, 2999)
     three = OrderLine("product-1", "Mouse", 3, 2999)
     cable = OrderLine("product-3", "Cable", 2, 999)
-    assert reservation_delta([], [cable, one]) == {"product-1": 1, "product-3": 2}
-    assert list(reservation_delta([], [cable, one])) == ["product-1", "product-3"]
-    assert reservation_delta([one, cable], []) == {"product-1": -1, "product-3": -2}
-    assert reservation_delta([one], [three]) == {"product-1": 2}
-    assert reservation_delta([three], [one, cable]) == {"product-1": -2, "product-3": 2}
-    assert reservation_delta([one, cable], [cable, one]) == {}
+    assert hold_changes([], [cable, one]) == [
+        HoldChange("product-1", 0, 1),
+        HoldChange("product-3", 0, 2),
+    ]
+    assert hold_changes([one, cable], []) == [
+        HoldChange("product-1", 1, 0),
+        HoldChange("product-3", 2, 0),
+    ]
+    assert hold_changes([one], [three]) == [HoldChange("product-1", 1, 3)]
+    assert hold_changes([three], [cable, one]) == [
+        HoldChange("product-1", 3, 1),
+        HoldChange("product-3", 0, 2),
+    ]
+    assert hold_changes([one, cable], [cable, one]) == []
 
 
 def test_insufficient_stock_message():
