@@ -55,9 +55,12 @@ Indexes = Mapping[str, Sequence[IndexModel]]
 
 
 def _database_names(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value.values()):
+    """Service -> database name; a service left empty gets ``shop_<service>``."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(name, str | None) for name in value.values()
+    ):
         raise ValueError("must map each service to a database name")
-    return dict(value)
+    return {service: name for service, name in value.items() if name}
 
 
 class MongoSettings(Settings):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.errors import (
     AmountMismatch,
@@ -26,9 +26,6 @@ from common.errors import (
     ValidationFailed,
 )
 from common.money import cents_to_number, format_cents
-
-if TYPE_CHECKING:
-    from payments.card_network import ChargeResult
 
 CREDIT_CARD = "credit_card"
 PAYMENT_METHODS = (CREDIT_CARD,)
@@ -188,6 +185,23 @@ def validate_card(number: Any, expiry: Any, cvv: Any, today: date) -> Card:
             {f"{CARD_DETAILS_PATH}.expiry": ["The card has expired."]},
         )
     return Card(number=digits, expiry_month=month, expiry_year=year, cvv=cvv, brand=brand)
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """A charge's outcome at the card network: ``reference`` names it there, ``reason``
+    why it failed."""
+
+    approved: bool
+    reference: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """A refund done at the card network."""
+
+    reference: str
 
 
 @dataclass

@@ -10,7 +10,7 @@ charge under the attempt's key: approved or declined, it is recorded as the norm
 records it; no charge at all, it fails as ``interrupted`` and the order is payable again.
 Card details are never stored, so nothing is ever charged again from here.
 
-Both are plain classes over a ``PaymentStore``, a ``CardNetwork`` and the outbox
+Both are plain classes over a ``PaymentsStore``, a ``CardNetwork`` and the outbox
 publisher, called by the service's event handlers and timers. Several payments instances
 may run them at once: every write is conditional on the state it expects, and only the
 instance whose write took publishes the events it wrote.
@@ -32,7 +32,7 @@ from payments.domain import (
     refund_key,
     refund_retry_delay,
 )
-from payments.store import PaymentStore
+from payments.store import PaymentsStore
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Refunds:
 
     def __init__(
         self,
-        store: PaymentStore,
+        store: PaymentsStore,
         network: CardNetwork,
         outbox: OutboxPublisher,
         now: Callable[[], datetime],
@@ -116,7 +116,7 @@ class Refunds:
             return False
         payment.refund(self.now())
         if self.store.mark_refunded(payment, result.reference, request.event_id):
-            self.outbox.flush(self.store.collection, payment.id)
+            self.outbox.flush(self.store.payments, payment.id)
             log.info(
                 "payment %s of order %s refunded (try %d)",
                 payment.id,
@@ -131,7 +131,7 @@ class ChargeReconciliation:
 
     def __init__(
         self,
-        store: PaymentStore,
+        store: PaymentsStore,
         network: CardNetwork,
         outbox: OutboxPublisher,
         now: Callable[[], datetime],
@@ -161,7 +161,7 @@ class ChargeReconciliation:
             payment = attempt.settle(result, self.now())
             if not self.store.finish_attempt(payment):
                 continue  # recorded meanwhile, by its own worker or another instance
-            self.outbox.flush(self.store.collection, payment.id)
+            self.outbox.flush(self.store.payments, payment.id)
             settled += 1
             log.warning(
                 "payment %s of order %s was left processing; settled as %s%s",

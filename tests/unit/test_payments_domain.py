@@ -15,10 +15,11 @@ from common.errors import (
     ValidationFailed,
     flatten_messages,
 )
-from payments.card_network import CardNetwork, ChargeResult, SimulatedCardNetwork
+from payments.card_network import CardNetwork, SimulatedCardNetwork
 from payments.domain import (
     Card,
     CardSummary,
+    ChargeResult,
     Payment,
     detect_brand,
     ensure_amount_matches,
