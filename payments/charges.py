@@ -61,26 +61,18 @@ class Idempotency:
     fingerprint: str
 
 
+@dataclass
 class Charges:
     """Charges a caller's pending order, once per order and once per idempotency key."""
 
-    def __init__(
-        self,
-        store: PaymentsStore,
-        network: CardNetwork,
-        outbox: OutboxPublisher,
-        find_order: Callable[[str, str], dict],
-        fingerprint_secret: str,
-        settled_within: int,
-    ) -> None:
-        self.store = store
-        self.network = network
-        self.outbox = outbox
-        #: ``find_order(order_id, user_id)``: the order as its owner sees it, else NotFound.
-        self.find_order = find_order
-        self.fingerprint_secret = fingerprint_secret
-        #: Seconds until reconciliation has settled an attempt the network left unanswered.
-        self.settled_within = settled_within
+    store: PaymentsStore
+    network: CardNetwork
+    outbox: OutboxPublisher
+    #: ``find_order(order_id, user_id)``: the order as its owner sees it, else NotFound.
+    find_order: Callable[[str, str], dict]
+    fingerprint_secret: str
+    #: Seconds until reconciliation has settled an attempt the network left unanswered.
+    settled_within: int
 
     def pay(self, user_id: str, request: dict[str, Any], card: Card, key: str | None) -> Payment:
         """The recorded payment (``completed``), or its 402 when the card is declined.

@@ -224,34 +224,6 @@ class Payment:
     #: by which a charge a dead process left unrecorded is found again.
     network_key: str | None = None
 
-    @classmethod
-    def record_charge(
-        cls,
-        *,
-        payment_id: str,
-        user_id: str,
-        order_id: str,
-        amount_cents: int,
-        card: Card,
-        result: ChargeResult,
-        now: datetime,
-        payment_method: str = CREDIT_CARD,
-    ) -> Payment:
-        """The payment a charge attempt produced, approved or declined."""
-        return cls(
-            id=payment_id,
-            order_id=order_id,
-            user_id=user_id,
-            amount_cents=amount_cents,
-            status=COMPLETED if result.approved else FAILED,
-            payment_method=payment_method,
-            card=card.summary(),
-            created_at=now,
-            updated_at=now,
-            failure_reason=None if result.approved else (result.reason or "declined"),
-            provider_reference=result.reference,
-        )
-
     def settle(self, result: ChargeResult | None, now: datetime) -> Payment:
         """The outcome of this ``processing`` attempt given what the network knows of its
         charge: approved -> completed, declined -> failed, no charge at all -> failed as

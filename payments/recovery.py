@@ -19,11 +19,11 @@ instance whose write took publishes the events it wrote.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
+from common.clock import Clock
 from common.events import OutboxPublisher
 from payments.card_network import CardNetwork
 from payments.domain import (
@@ -40,22 +40,15 @@ log = logging.getLogger(__name__)
 RECOVERY_BATCH = 50
 
 
+@dataclass
 class Refunds:
     """Asks for refunds durably and tries them at the network until they are done."""
 
-    def __init__(
-        self,
-        store: PaymentsStore,
-        network: CardNetwork,
-        outbox: OutboxPublisher,
-        now: Callable[[], datetime],
-        first_retry_delay: timedelta,
-    ) -> None:
-        self.store = store
-        self.network = network
-        self.outbox = outbox
-        self.now = now
-        self.first_retry_delay = first_retry_delay
+    store: PaymentsStore
+    network: CardNetwork
+    outbox: OutboxPublisher
+    now: Clock
+    first_retry_delay: timedelta
 
     def request(self, event_id: str, order_id: Any, payment_id: Any) -> None:
         """Refund the completed payment of ``order_id`` that ``event_id`` names, once.
@@ -126,20 +119,14 @@ class Refunds:
         return True
 
 
+@dataclass
 class ChargeReconciliation:
     """Settles the attempts a dead process left ``processing``, from the network's record."""
 
-    def __init__(
-        self,
-        store: PaymentsStore,
-        network: CardNetwork,
-        outbox: OutboxPublisher,
-        now: Callable[[], datetime],
-    ) -> None:
-        self.store = store
-        self.network = network
-        self.outbox = outbox
-        self.now = now
+    store: PaymentsStore
+    network: CardNetwork
+    outbox: OutboxPublisher
+    now: Clock
 
     def settle_stale(self, older_than: timedelta, limit: int = RECOVERY_BATCH) -> int:
         """Settle attempts still ``processing`` after ``older_than``; how many were now.

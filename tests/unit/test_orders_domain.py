@@ -1,11 +1,10 @@
 import itertools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from marshmallow import ValidationError
 
-from common.errors import OrderNotModifiable, PriceMismatch, ValidationFailed, flatten_messages
+from common.errors import OrderNotModifiable, PriceMismatch, ValidationFailed
 from orders.domain import (
     DEMO_CATALOG,
     ORDER_STATUSES,
@@ -29,15 +28,15 @@ from orders.schemas import (
     UpdateOrderSchema,
     UpdateProductSchema,
 )
+from tests.support import ADDRESS, NOW, an_order
+from tests.support import schema_errors as _errors
 
-NOW = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
 CATALOG = {
     "product-1": Product("product-1", "Wireless Mouse", 2999, 10),
     "product-2": Product("product-2", "Keyboard", 8950, 10),
     "product-3": Product("product-3", "Cable", 999, 10),
 }
-ADDRESS = Address(street="123 Main St", city="Seoul", zip_code="12345")
 
 #: The contract's moves, written out independently of orders.domain.TRANSITIONS.
 LEGAL_MOVES = {
@@ -51,16 +50,7 @@ LEGAL_MOVES = {
 
 
 def _order(status="pending", items=None):
-    priced = price_lines(items or [RequestedItem("product-1", 2)], CATALOG)
-    order = Order.place(
-        order_id="order-1",
-        user_id="user-1",
-        priced=priced,
-        shipping_address=ADDRESS,
-        now=NOW,
-    )
-    order.status = status
-    return order
+    return an_order(status, price_lines(items or [RequestedItem("product-1", 2)], CATALOG).lines)
 
 
 def _move(order, target, now):
@@ -308,12 +298,6 @@ DESIGN_DOC_ORDER = {
 }
 
 
-def _errors(schema, data):
-    with pytest.raises(ValidationError) as caught:
-        schema.load(data)
-    return flatten_messages(caught.value.messages)
-
-
 def test_the_design_document_order_loads_into_domain_objects():
     loaded = CreateOrderSchema().load(DESIGN_DOC_ORDER)
     assert loaded == {
@@ -408,9 +392,9 @@ def test_order_dump_is_the_contract_shape():
         ],
         "total": 59.98,
         "shippingAddress": {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"},
-        "createdAt": "2026-11-03T09:00:00.000Z",
-        "updatedAt": "2026-11-03T09:05:00.000Z",
-        "expiresAt": "2026-11-03T09:15:00.000Z",
+        "createdAt": "2026-11-15T10:30:00.000Z",
+        "updatedAt": "2026-11-15T10:35:00.000Z",
+        "expiresAt": "2026-11-15T10:45:00.000Z",
     }
     assert '"total": 59.98' in json.dumps(dumped)
 

@@ -8,7 +8,7 @@ concurrency (unique claims) is tested in tests/integration/test_payments_service
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from unittest.mock import create_autospec, patch
 
 import pytest
@@ -38,21 +38,17 @@ from payments.card_network import SimulatedCardNetwork
 from payments.domain import (
     CardSummary,
     ChargeResult,
-    Payment,
     RefundRequest,
     idempotency_scope,
     network_charge_key,
     request_fingerprint,
-    validate_card,
 )
 from payments.schemas import ProcessPaymentSchema
 from payments.service import PaymentsService, PaymentsSettings
 from payments.store import PaymentsStore
+from tests.support import DECLINED, NOW, VISA, a_card, a_payment
 
 SECRET = "unit-test-idempotency-secret"
-VISA = "4111111111111111"
-DECLINED = "4000000000000002"
-NOW = datetime(2026, 11, 15, 10, 30, tzinfo=UTC)
 
 
 class CountingNetwork(SimulatedCardNetwork):
@@ -91,22 +87,7 @@ def order(status="pending", total=59.98, user_id="user-1", order_id="order-1") -
     return {"id": order_id, "userId": user_id, "status": status, "total": total}
 
 
-def payment(status="completed", user_id="user-1", order_id="order-1", **fields) -> Payment:
-    values = dict(
-        id="pay-1",
-        order_id=order_id,
-        user_id=user_id,
-        amount_cents=5998,
-        status=status,
-        payment_method="credit_card",
-        card=CardSummary("visa", "1111"),
-        created_at=NOW,
-        updated_at=NOW,
-        failure_reason="card_declined" if status == "failed" else None,
-        provider_reference="sim_ch_1",
-    )
-    values.update(fields)
-    return Payment(**values)
+payment = a_payment
 
 
 @pytest.fixture
@@ -611,8 +592,8 @@ def test_a_refund_written_by_another_instance_is_not_published_again(service, st
     service.outbox.flush.assert_not_called()
 
 
-def processing(network_key="net-key-1", **fields):
-    return payment(status="processing", provider_reference=None, network_key=network_key, **fields)
+def processing(**fields):
+    return a_payment("processing", **fields)
 
 
 def test_a_stale_attempt_the_network_approved_completes_as_the_normal_path(
@@ -711,8 +692,7 @@ def test_the_recovery_timers_read_their_interval_from_config():
         configured.setup()
 
 
-def _visa(number=VISA):
-    return validate_card(number, "12/30", "123", NOW.date())
+_visa = a_card
 
 
 def test_the_timer_relays_the_outbox(service, store):

@@ -22,6 +22,7 @@ from common.errors import (
 from common.mongo import MongoStore
 from common.settings import SettingError
 from common.tokens import TokenIssuer, TokenVerifier
+from tests.support import cheap_password_hasher
 from users.admin import AdminAccountError, AdminSettings, ensure_admin
 from users.dependencies import UsersAuthContext
 from users.domain import PasswordHasher, new_user
@@ -128,7 +129,7 @@ class FakeRevocations:
 
 @pytest.fixture(scope="module")
 def hasher():
-    return PasswordHasher(argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    return cheap_password_hasher()
 
 
 @pytest.fixture
