@@ -27,6 +27,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from common.documents import DocumentMapper, document_key
 from common.errors import ServiceUnavailable
 from common.events import apply_once, with_events
 from common.mongo import Mongo, MongoStore
@@ -107,15 +108,15 @@ class OrdersStore(MongoStore):
             .skip((page - 1) * limit)
             .limit(limit)
         )
-        return [_product_from_document(doc) for doc in cursor], self.products.count_documents({})
+        return [PRODUCT.from_document(doc) for doc in cursor], self.products.count_documents({})
 
     def get_product(self, product_id: str) -> Product | None:
         doc = self.products.find_one({"_id": product_id})
-        return _product_from_document(doc) if doc else None
+        return PRODUCT.from_document(doc) if doc else None
 
     def find_products(self, product_ids: Iterable[str]) -> dict[str, Product]:
         docs = self.products.find({"_id": {"$in": sorted(set(product_ids))}})
-        return {doc["_id"]: _product_from_document(doc) for doc in docs}
+        return {doc["_id"]: PRODUCT.from_document(doc) for doc in docs}
 
     def insert_product(self, product: Product, now: datetime) -> bool:
         """False when a product with this id exists."""
@@ -127,11 +128,11 @@ class OrdersStore(MongoStore):
 
     def update_product(self, product_id: str, changes: Mapping[str, Any]) -> Product | None:
         """Set ``name``, ``price_cents`` and/or ``stock``; None when there is no such product."""
-        fields = {_PRODUCT_FIELDS[key]: value for key, value in changes.items()}
+        fields = {document_key(key): value for key, value in changes.items()}
         doc = self.products.find_one_and_update(
             {"_id": product_id}, {"$set": fields}, return_document=ReturnDocument.AFTER
         )
-        return _product_from_document(doc) if doc else None
+        return PRODUCT.from_document(doc) if doc else None
 
     # -- reading orders -----------------------------------------------------------------
 
@@ -278,7 +279,7 @@ class OrdersStore(MongoStore):
                 keep: Mapping[str, int] | None = {}
             else:
                 keep = stock_kept(
-                    doc["status"], [_line_from_document(item) for item in doc["items"]]
+                    doc["status"], [LINE.from_document(item) for item in doc["items"]]
                 )
             if keep is None:
                 continue
@@ -400,70 +401,21 @@ def _changed(order_id: str) -> ConcurrentChange:
     return ConcurrentChange(f"Order {order_id} changed meanwhile; reload it and try again.")
 
 
-_PRODUCT_FIELDS = {"name": "name", "price_cents": "priceCents", "stock": "stock"}
+PRODUCT = DocumentMapper(Product)
+LINE = DocumentMapper(OrderLine)
+ORDER = DocumentMapper(Order, {"items": LINE, "shipping_address": DocumentMapper(Address)})
 
 
 def _product_document(product: Product, now: datetime) -> dict[str, Any]:
-    return {
-        "_id": product.id,
-        "name": product.name,
-        "priceCents": product.price_cents,
-        "stock": product.stock,
-        HOLDS_FIELD: {},
-        "createdAt": now,
-    }
-
-
-def _product_from_document(doc: Mapping[str, Any]) -> Product:
-    return Product(doc["_id"], doc["name"], doc["priceCents"], doc["stock"])
-
-
-def _line_document(line: OrderLine) -> dict[str, Any]:
-    return {
-        "productId": line.product_id,
-        "name": line.name,
-        "quantity": line.quantity,
-        "priceCents": line.price_cents,
-    }
-
-
-def _line_from_document(doc: Mapping[str, Any]) -> OrderLine:
-    return OrderLine(doc["productId"], doc["name"], doc["quantity"], doc["priceCents"])
+    """A new product: no stock held yet."""
+    return {**PRODUCT.to_document(product), HOLDS_FIELD: {}, "createdAt": now}
 
 
 def _order_document(order: Order) -> dict[str, Any]:
-    address = order.shipping_address
-    return {
-        "_id": order.id,
-        "userId": order.user_id,
-        "status": order.status,
-        "items": [_line_document(line) for line in order.items],
-        "totalCents": order.total_cents,
-        "shippingAddress": {
-            "street": address.street,
-            "city": address.city,
-            "zipCode": address.zip_code,
-        },
-        "createdAt": order.created_at,
-        "updatedAt": order.updated_at,
-        "expiresAt": order.expires_at,
-        "paymentId": order.payment_id,
-        "heldProducts": sorted({line.product_id for line in order.items}),
-    }
+    """The order, and every product whose stock it may hold (its lines')."""
+    held = sorted({line.product_id for line in order.items})
+    return {**ORDER.to_document(order), "heldProducts": held}
 
 
 def _stored_order_from_document(doc: Mapping[str, Any]) -> StoredOrder:
-    address = doc["shippingAddress"]
-    order = Order(
-        id=doc["_id"],
-        user_id=doc["userId"],
-        status=doc["status"],
-        items=tuple(_line_from_document(item) for item in doc["items"]),
-        total_cents=doc["totalCents"],
-        shipping_address=Address(address["street"], address["city"], address["zipCode"]),
-        created_at=doc["createdAt"],
-        updated_at=doc["updatedAt"],
-        expires_at=doc["expiresAt"],
-        payment_id=doc.get("paymentId"),
-    )
-    return StoredOrder(order, doc.get("version", 0))
+    return StoredOrder(ORDER.from_document(doc), doc.get("version", 0))

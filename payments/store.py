@@ -21,6 +21,7 @@ A refund is first recorded as requested on the completed payment (``refundReques
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from common.documents import DocumentMapper
 from common.events import apply_once, new_event, with_events
 from common.mongo import Mongo, MongoStore
 from payments.domain import (
@@ -91,10 +93,8 @@ class PaymentsStore(MongoStore):
         False when either is taken: another payment of the order is under way or done,
         or this user's key was used (look it up with :meth:`find_by_idempotency_scope`).
         """
-        document = _payment_document(payment)
+        document = PAYMENT.to_document(payment)
         document.update(status=PROCESSING, activeOrderId=payment.order_id)
-        if payment.network_key is not None:
-            document.update(networkKey=payment.network_key)
         if idempotency_scope is not None:
             document.update(idempotencyScope=idempotency_scope, fingerprint=fingerprint)
         try:
@@ -227,47 +227,25 @@ class PaymentsStore(MongoStore):
         )
 
 
+PAYMENT = DocumentMapper(Payment, {"card": DocumentMapper(CardSummary)})
+#: What a charge's outcome sets on its attempt.
+OUTCOME_KEYS = ("status", "failureReason", "providerReference", "updatedAt")
+
+
 def _outcome_fields(payment: Payment) -> dict[str, Any]:
-    return {
-        "status": payment.status,
-        "failureReason": payment.failure_reason,
-        "providerReference": payment.provider_reference,
-        "updatedAt": payment.updated_at,
-    }
-
-
-def _payment_document(payment: Payment) -> dict[str, Any]:
-    return {
-        "_id": payment.id,
-        "orderId": payment.order_id,
-        "userId": payment.user_id,
-        "amountCents": payment.amount_cents,
-        "paymentMethod": payment.payment_method,
-        "card": {"brand": payment.card.brand, "last4": payment.card.last4},
-        "createdAt": payment.created_at,
-        **_outcome_fields(payment),
-    }
+    document = PAYMENT.to_document(payment)
+    return {key: document[key] for key in OUTCOME_KEYS}
 
 
 def _payment_from_document(document: Mapping[str, Any]) -> Payment:
-    return Payment(
-        id=document["_id"],
-        order_id=document["orderId"],
-        user_id=document["userId"],
-        amount_cents=document["amountCents"],
-        status=document["status"],
-        payment_method=document["paymentMethod"],
-        card=CardSummary(**document["card"]),
-        created_at=document["createdAt"],
-        updated_at=document["updatedAt"],
-        failure_reason=document.get("failureReason"),
-        provider_reference=document.get("providerReference"),
-        # Attempts written before the key was stored: derived as it was made.
-        network_key=document.get("networkKey")
-        or network_charge_key(
-            document["_id"], document.get("idempotencyScope"), document.get("fingerprint")
-        ),
-    )
+    payment = PAYMENT.from_document(document)
+    if payment.network_key is None:
+        # An attempt written before the key was stored: derived as it was made.
+        key = network_charge_key(
+            payment.id, document.get("idempotencyScope"), document.get("fingerprint")
+        )
+        payment = replace(payment, network_key=key)
+    return payment
 
 
 class PaymentsDatabase(Mongo):

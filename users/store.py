@@ -18,6 +18,7 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from common.documents import DocumentMapper
 from common.errors import EmailTaken
 from common.events import OUTBOX_FIELD
 from common.mongo import Mongo, MongoStore
@@ -47,30 +48,11 @@ class SessionEnd:
     expires_at: datetime
 
 
-def _user_document(user: User) -> dict[str, Any]:
-    return {
-        "_id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "role": user.role,
-        "passwordHash": user.password_hash,
-        "createdAt": user.created_at,
-        "updatedAt": user.updated_at,
-    }
+USER = DocumentMapper(User)
 
 
 def _user_from_document(document: Mapping[str, Any] | None) -> User | None:
-    if document is None:
-        return None
-    return User(
-        id=document["_id"],
-        email=document["email"],
-        name=document["name"],
-        role=document["role"],
-        password_hash=document["passwordHash"],
-        created_at=document["createdAt"],
-        updated_at=document["updatedAt"],
-    )
+    return None if document is None else USER.from_document(document)
 
 
 _NO_OUTBOX = {OUTBOX_FIELD: 0}
@@ -89,7 +71,7 @@ class UsersStore(MongoStore):
     def insert_user(self, user: User, *events: dict) -> None:
         """Store a new user with its events in its outbox, in one write; ``EmailTaken``
         when the email is registered already (the unique index decides, so a race is safe)."""
-        document = _user_document(user)
+        document = USER.to_document(user)
         document[OUTBOX_FIELD] = list(events)
         try:
             self.users.insert_one(document)
@@ -142,7 +124,7 @@ class UsersStore(MongoStore):
         """Store the admin account; False when its email exists already (another instance
         may have won the race at start-up)."""
         try:
-            self.users.insert_one(_user_document(admin))
+            self.users.insert_one(USER.to_document(admin))
         except DuplicateKeyError:
             return False
         return True

@@ -262,3 +262,11 @@ def test_the_settings_provider_reads_once_at_setup_and_hands_every_worker_the_va
 def test_secrets_are_not_shown_in_a_settings_repr():
     assert "s3cret-value" not in repr(AuthSettings.read({"JWT_SECRET": "s3cret-value"}))
     assert isinstance(AuthSettings.read({}), Settings)
+
+
+def test_docs_configuration_lists_every_declared_setting():
+    page = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    for declaration in DECLARATIONS:
+        assert f"`{declaration.__name__}`" in page
+        for setting in declaration.declared():
+            assert f"| `{setting.key}` |" in page, f"{setting.key} is missing"
