@@ -52,7 +52,7 @@ from payments.store import PaymentsDatabase
 
 log = logging.getLogger(__name__)
 
-OUTBOX_RELAY_INTERVAL = 5
+OUTBOX_RELAY_SECONDS = 5
 DEFAULT_IDEMPOTENCY_SECRET = "dev-only-idempotency-secret"  # noqa: S105
 
 
@@ -165,8 +165,8 @@ class PaymentsService(ops_http.OpsEndpoints):
         if data is not None:
             self._refunds().request(event["id"], data.get("orderId"), data.get("paymentId"))
 
-    @timer(interval=OUTBOX_RELAY_INTERVAL)
-    def relay_outbox(self) -> None:
+    @timer(interval=OUTBOX_RELAY_SECONDS)
+    def relay_events(self) -> None:
         """Publish events a worker that died after its write left in the outbox."""
         self.outbox.relay(self.store.payments)
 

@@ -46,7 +46,7 @@ from users.schemas import (
 from users.store import SessionEnd, UsersDatabase
 
 #: Seconds between two relays of events left in outboxes.
-RELAY_INTERVAL = 5
+OUTBOX_RELAY_SECONDS = 5
 REFRESH_REFUSED = "Refresh token is no longer valid."
 
 
@@ -160,7 +160,7 @@ class UsersService(ops_http.OpsEndpoints):
         """Answers over the broker; the gateway's /ready asks every service."""
         return health_report(self.name, self.store.database)
 
-    @timer(interval=RELAY_INTERVAL)
+    @timer(interval=OUTBOX_RELAY_SECONDS)
     def relay_events(self) -> None:
         """Publish events a crashed worker left in a user's outbox."""
         self.outbox.relay(self.store.users)

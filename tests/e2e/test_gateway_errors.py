@@ -172,6 +172,18 @@ def bad_tokens(api) -> dict[str, dict[str, str]]:
 @REDIS_ONLY
 @pytest.mark.parametrize("api_config", [{"LOGIN_RATE_LIMIT_PER_MINUTE": 2}])
 def test_routing_then_authentication_then_roles_come_before_any_body_or_state(api, shop_config):
+    """One scenario in named steps: a failure's traceback names the step that broke."""
+    _unknown_paths_are_404_and_wrong_methods_405(api)
+    _operations_endpoints_answer_with_the_request_id(api)
+    _a_bad_token_is_401_on_every_protected_route(api)
+    customer, _ = api.customer()
+    admin = admin_token(api, shop_config)
+    _a_customer_is_403_on_every_admin_route(api, customer)
+    _checks_come_in_the_contracts_order(api, customer, admin)
+    _logins_are_limited_per_account(api, shop_config)
+
+
+def _unknown_paths_are_404_and_wrong_methods_405(api):
     for method, path in UNKNOWN_PATHS:
         assert_error(api(method, path), 404, "NOT_FOUND")
         assert_error(api(method, path, headers={"Authorization": "Bearer x"}), 404, "NOT_FOUND")
@@ -182,22 +194,28 @@ def test_routing_then_authentication_then_roles_come_before_any_body_or_state(ap
         assert body["details"]["allowed"] == allowed, (method, path)
         assert response[1]["Allow"] == ", ".join(allowed), (method, path)
 
+
+def _operations_endpoints_answer_with_the_request_id(api):
     for path, content_type in OPERATIONS:
         status, headers, _ = get(api, path, {"X-Request-ID": "ops-check-1"})
         assert status == 200 and headers["Content-Type"].startswith(content_type), path
         assert headers["X-Request-ID"] == "ops-check-1", path
 
+
+def _a_bad_token_is_401_on_every_protected_route(api):
     for kind, headers in bad_tokens(api).items():
         for method, path in PROTECTED_ROUTES:
             response = api(method, path, headers=headers)
             assert response[0] == 401, (kind, method, path, response[2])
             assert_error(response, 401, "UNAUTHORIZED")
 
-    customer, _ = api.customer()
-    admin = admin_token(api, shop_config)
+
+def _a_customer_is_403_on_every_admin_route(api, customer):
     for method, path in ADMIN_ROUTES:
         assert_error(api(method, path, {"name": "x"}, token=customer), 403, "FORBIDDEN")
 
+
+def _checks_come_in_the_contracts_order(api, customer, admin):
     order_of_checks = [
         # (what it shows, (method, path, body, token, raw body), status, code)
         ("401 before 400", ("POST", "/api/orders", None, None, b"{{"), 401, "UNAUTHORIZED"),
@@ -240,6 +258,8 @@ def test_routing_then_authentication_then_roles_come_before_any_body_or_state(ap
     for method, path, body, token, fields in body_before_state:
         assert_error(api(method, path, body, token=token), 422, "VALIDATION_ERROR", fields)
 
+
+def _logins_are_limited_per_account(api, shop_config):
     # Logins are limited per account (e-mail in any case); another account is not held up.
     # Five tries against a limit of two: even if a one-minute window ends among them, one
     # window holds three, so at least one is refused. The right password counts too.
@@ -268,6 +288,14 @@ def test_routing_then_authentication_then_roles_come_before_any_body_or_state(ap
 
 @REDIS_ONLY
 def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edits(api):
+    """One scenario in named steps: a failure's traceback names the step that broke."""
+    email, user = _registration_refuses_bad_bodies_and_taken_emails(api)
+    access, refresh = _login_refuses_bad_credentials(api, email)
+    _refresh_refuses_anything_but_a_live_refresh_token(api, user, access, refresh)
+    _profile_edits_refuse_bad_fields_and_a_new_password_needs_the_current(api, email, access)
+
+
+def _registration_refuses_bad_bodies_and_taken_emails(api):
     email = f"Mixed-{uuid.uuid4().hex[:6]}@Example.COM"
     fresh = f"fresh-{uuid.uuid4().hex[:6]}@example.com"
     for body, fields in [
@@ -305,7 +333,10 @@ def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edit
         assert response[2]["role"] == "customer"
     else:
         assert_error(response, 422, "VALIDATION_ERROR", {"role"})
+    return email, user
 
+
+def _login_refuses_bad_credentials(api, email):
     for body, status, code, fields in [
         ({"email": email, "password": "wrong-password"}, 401, "INVALID_CREDENTIALS", None),
         ({"email": f"x{email}", "password": "password123"}, 401, "INVALID_CREDENTIALS", None),
@@ -317,7 +348,10 @@ def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edit
     assert tokens["tokenType"] == "Bearer"
     assert isinstance(tokens["expiresIn"], int) and 60 <= tokens["expiresIn"] <= 24 * 3600
     access, refresh = tokens["accessToken"], tokens["refreshToken"]
+    return access, refresh
 
+
+def _refresh_refuses_anything_but_a_live_refresh_token(api, user, access, refresh):
     expired_refresh = TokenIssuer(
         TEST_JWT_SECRET, clock=lambda: datetime.now(UTC) - timedelta(days=30)
     ).issue_pair(user["id"], "customer")
@@ -331,6 +365,8 @@ def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edit
         assert_error(api("POST", "/api/users/refresh", body), status, code, fields)
     assert api("POST", "/api/users/refresh", {"refreshToken": refresh})[0] == 200
 
+
+def _profile_edits_refuse_bad_fields_and_a_new_password_needs_the_current(api, email, access):
     for body, fields in [
         ({"password": "1234567", "currentPassword": "password123"}, {"password"}),
         ({"password": "new-password-1"}, {"currentPassword"}),

@@ -696,7 +696,7 @@ _visa = a_card
 
 
 def test_the_timer_relays_the_outbox(service, store):
-    service.relay_outbox()
+    service.relay_events()
     service.outbox.relay.assert_called_once_with(store.payments)
 
 
