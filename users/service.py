@@ -14,6 +14,7 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 
 from common import ops_http
+from common.clock import utc_now
 from common.errors import (
     InvalidCredentials,
     NotFound,
@@ -185,7 +186,7 @@ class UsersService(ops_http.OpsEndpoints):
     def _revoke_session(self, session_id: str) -> None:
         ended = self.store.revoke_session(session_id, self.store.now())
         # Without a record, revoke for as long as any refresh token of it could live.
-        fallback = datetime.now(UTC) + REFRESH_TOKEN_TTL + timedelta(seconds=1)
+        fallback = utc_now() + REFRESH_TOKEN_TTL + timedelta(seconds=1)
         self._revoke_in_list(ended or SessionEnd(session_id, fallback))
 
     def _revoke_in_list(self, ended: SessionEnd) -> None:
