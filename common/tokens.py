@@ -109,7 +109,18 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-class TokenIssuer:
+class _SigningKey:
+    """What signing and verifying share: the secret (never empty), issuer and clock."""
+
+    def __init__(self, secret: str, issuer: str, clock: Clock) -> None:
+        if not secret:
+            raise InsecureSecretError("the JWT secret is empty")
+        self._secret = secret
+        self._issuer = issuer
+        self._clock = clock
+
+
+class TokenIssuer(_SigningKey):
     """Signs access/refresh pairs with the configured secret."""
 
     def __init__(
@@ -122,12 +133,8 @@ class TokenIssuer:
         clock: Clock = utc_now,
         new_id: Callable[[], str] = _new_id,
     ) -> None:
-        if not secret:
-            raise InsecureSecretError("the JWT secret is empty")
-        self._secret = secret
-        self._issuer = issuer
+        super().__init__(secret, issuer, clock)
         self._ttls = {ACCESS_TOKEN: access_ttl, REFRESH_TOKEN: refresh_ttl}
-        self._clock = clock
         self._new_id = new_id
 
     def issue_pair(self, user_id: str, role: str, *, session_id: str | None = None) -> TokenPair:
@@ -163,7 +170,7 @@ class TokenIssuer:
         return jwt.encode(dict(claims), self._secret, algorithm=JWT_ALGORITHM)
 
 
-class TokenVerifier:
+class TokenVerifier(_SigningKey):
     """Checks a token's signature, algorithm, issuer, type, times and claims."""
 
     def __init__(
@@ -174,11 +181,7 @@ class TokenVerifier:
         clock: Clock = utc_now,
         leeway: timedelta = timedelta(0),
     ) -> None:
-        if not secret:
-            raise InsecureSecretError("the JWT secret is empty")
-        self._secret = secret
-        self._issuer = issuer
-        self._clock = clock
+        super().__init__(secret, issuer, clock)
         self._leeway = leeway.total_seconds()
         # Times are checked below against the injectable clock, not PyJWT's own.
         self._jwt = jwt.PyJWT(
