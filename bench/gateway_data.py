@@ -21,7 +21,7 @@ import requests
 from pymongo import InsertOne, MongoClient
 
 from orders.domain import Address, Order, RequestedItem, price_lines
-from orders.store import HOLDS_FIELD, ORDERS, PRODUCTS, OrdersStore, _order_doc
+from orders.store import HOLDS_FIELD, ORDERS, PRODUCTS, OrdersStore, _order_document
 
 ADMIN = {"email": "admin@example.com", "password": "dev-only-admin-password"}
 PRODUCT_PRICE = "10.00"
@@ -117,9 +117,9 @@ def seed_orders(
                     now=now,
                     reservation_ttl=RESERVATION,
                 )
-                inserts.append(InsertOne({**_order_doc(order), "version": 0, "outbox": []}))
+                inserts.append(InsertOne({**_order_document(order), "version": 0, "outbox": []}))
                 holds.setdefault(product_id, {})[order_id] = 1
-            store.db[ORDERS].bulk_write(inserts, ordered=False)
+            store.database[ORDERS].bulk_write(inserts, ordered=False)
             written += len(batch)
         for product_id, new_holds in holds.items():
             _add_holds(store, product_id, new_holds)
@@ -135,7 +135,7 @@ def _add_holds(store: OrdersStore, product_id: str, new_holds: dict[str, int]) -
     growing document once per batch, which made seeding quadratic. Compare-and-set on
     the holds as read, so a concurrent change fails loudly instead of being lost.
     """
-    products = store.db[PRODUCTS]
+    products = store.database[PRODUCTS]
     current = (products.find_one({"_id": product_id}, {HOLDS_FIELD: 1}) or {}).get(HOLDS_FIELD)
     merged = {**(current or {}), **new_holds}
     taken = sum(new_holds.values())

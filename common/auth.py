@@ -7,8 +7,8 @@ event a worker makes. The :class:`Auth` dependency gives each worker an
 expiry (:mod:`common.tokens`), then revocation (:class:`RevocationList`, in Redis, shared
 by every service). A service never trusts a user id passed as an RPC argument.
 
-Config: ``JWT_SECRET`` (refused in production when it is the development default or
-short), ``JWT_ISSUER``, ``SHOP_ENV``, ``REDIS_URL``, ``REDIS_KEY_PREFIX``.
+The gateway checks the same token with the same code (:func:`authenticate`, through its
+own :class:`Authentication`) before it forwards a request. Settings: :class:`AuthSettings`.
 """
 
 from __future__ import annotations
@@ -19,25 +19,49 @@ from typing import Any
 
 import redis
 from nameko.constants import AUTH_TOKEN_CONTEXT_KEY
-from nameko.extensions import DependencyProvider
+from nameko.extensions import DependencyProvider, SharedExtension
 
 from common.errors import Forbidden, Unauthorized
+from common.settings import Setting, Settings, text
 from common.tokens import (
     ACCESS_TOKEN,
     DEFAULT_ISSUER,
     DEFAULT_JWT_SECRET,
     ROLE_ADMIN,
+    SHOP_ENV,
     TokenVerifier,
     check_secret_for_environment,
 )
 
-JWT_SECRET_CONFIG_KEY = "JWT_SECRET"
-JWT_ISSUER_CONFIG_KEY = "JWT_ISSUER"
-SHOP_ENV_CONFIG_KEY = "SHOP_ENV"
-REDIS_URL_CONFIG_KEY = "REDIS_URL"
-REDIS_KEY_PREFIX_CONFIG_KEY = "REDIS_KEY_PREFIX"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REDIS_KEY_PREFIX = "shop:"
+#: Seconds a Redis command may take: well inside an RPC's timeout and a request's.
+REDIS_SOCKET_TIMEOUT = 2.0
+AUTHENTICATION_REQUIRED = "Authentication required: send an access token."
+TOKEN_REVOKED = "Token has been revoked."
+ADMINS_ONLY = "Admins only."
+
+
+class AuthSettings(Settings):
+    """What every service and the gateway read to check tokens."""
+
+    shop_env = SHOP_ENV
+    jwt_secret = Setting(
+        "JWT_SECRET",
+        text,
+        DEFAULT_JWT_SECRET,
+        "Key of the tokens' HS256 signature; refused in production when short or the default.",
+        secret=True,
+    )
+    jwt_issuer = Setting("JWT_ISSUER", text, DEFAULT_ISSUER, "The tokens' ``iss`` claim.")
+    redis_url = Setting(
+        "REDIS_URL", text, "redis://127.0.0.1:6379/0", "Redis holding revocations (and limits)."
+    )
+    redis_key_prefix = Setting(
+        "REDIS_KEY_PREFIX", text, DEFAULT_REDIS_KEY_PREFIX, "Prefix of the shop's Redis keys."
+    )
+
+    def check(self) -> None:
+        check_secret_for_environment(self.jwt_secret, self.shop_env)
 
 
 class RevocationList:
@@ -84,6 +108,24 @@ class Caller:
         return self.role == ROLE_ADMIN
 
 
+def authenticate(token: str | None, verifier: TokenVerifier, revocations: RevocationList) -> Caller:
+    """The caller of an access token: ``Unauthorized`` when it is missing, does not verify
+    (signature, algorithm, issuer, type, expiry) or was revoked."""
+    if not token:
+        raise Unauthorized(AUTHENTICATION_REQUIRED)
+    claims = verifier.verify(token, ACCESS_TOKEN)
+    if revocations.is_revoked(claims):
+        raise Unauthorized(TOKEN_REVOKED)
+    return Caller(user_id=claims["sub"], role=claims["role"], claims=claims)
+
+
+def admin_only(caller: Caller) -> Caller:
+    """``caller`` if an admin; ``Forbidden`` for anyone else."""
+    if not caller.is_admin:
+        raise Forbidden(ADMINS_ONLY)
+    return caller
+
+
 class AuthContext:
     """One worker's view of its caller; verification happens when first asked."""
 
@@ -98,48 +140,42 @@ class AuthContext:
     def require(self) -> Caller:
         """The caller, or ``Unauthorized`` when the token is missing, invalid or revoked."""
         if self._caller is None:
-            if not self.token:
-                raise Unauthorized("Authentication required.")
-            claims = self.verifier.verify(self.token, ACCESS_TOKEN)
-            if self.revocations.is_revoked(claims):
-                raise Unauthorized("Token has been revoked.")
-            self._caller = Caller(user_id=claims["sub"], role=claims["role"], claims=claims)
+            self._caller = authenticate(self.token, self.verifier, self.revocations)
         return self._caller
 
     def require_admin(self) -> Caller:
         """The caller if an admin; ``Forbidden`` for anyone else who is authenticated."""
-        caller = self.require()
-        if not caller.is_admin:
-            raise Forbidden("Admins only.")
-        return caller
+        return admin_only(self.require())
+
+
+class Authentication(SharedExtension):
+    """One per container: the checked settings, the verifier and the revocation list.
+
+    Everything is built in ``setup()`` (a Redis client connects on first use), so the
+    dependencies that hold it (:class:`Auth`, the gateway's ``Edge``) may use it from
+    their own ``start()``.
+    """
+
+    def setup(self) -> None:
+        self.settings = AuthSettings.read(self.container.config)
+        self.verifier = TokenVerifier(self.settings.jwt_secret, issuer=self.settings.jwt_issuer)
+        self.redis = redis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT
+        )
+        self.revocations = RevocationList(self.redis, self.settings.redis_key_prefix)
+
+    def stop(self) -> None:
+        self.redis.close()
+
+    kill = stop
 
 
 class Auth(DependencyProvider):
     """Injects an :class:`AuthContext` for the token in the worker's context data."""
 
-    def setup(self) -> None:
-        config = self.container.config
-        secret = check_secret_for_environment(
-            config.get(JWT_SECRET_CONFIG_KEY, DEFAULT_JWT_SECRET),
-            config.get(SHOP_ENV_CONFIG_KEY),
-        )
-        self.secret = secret
-        self.issuer = config.get(JWT_ISSUER_CONFIG_KEY) or DEFAULT_ISSUER
-        self.verifier = TokenVerifier(secret, issuer=self.issuer)
-        self.redis_url = config.get(REDIS_URL_CONFIG_KEY) or DEFAULT_REDIS_URL
-        self.key_prefix = config.get(REDIS_KEY_PREFIX_CONFIG_KEY, DEFAULT_REDIS_KEY_PREFIX)
-        self.client: redis.Redis | None = None
-
-    def start(self) -> None:
-        self.client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
-        self.revocations = RevocationList(self.client, self.key_prefix)
-
-    def stop(self) -> None:
-        if self.client is not None:
-            self.client.close()
-
-    kill = stop
+    authentication = Authentication()
 
     def get_dependency(self, worker_ctx: Any) -> AuthContext:
         token = worker_ctx.context_data.get(AUTH_TOKEN_CONTEXT_KEY)
-        return AuthContext(token, self.verifier, self.revocations)
+        checks = self.authentication
+        return AuthContext(token, checks.verifier, checks.revocations)

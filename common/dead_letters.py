@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.extensions import DependencyProvider, SharedExtension
@@ -28,14 +28,8 @@ from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from common.mongo import (
-    DATABASE_NAME_TEMPLATE,
-    DEFAULT_CONNECT_TIMEOUT_MS,
-    DEFAULT_MONGO_URI,
-    MONGO_CONNECT_TIMEOUT_CONFIG_KEY,
-    MONGO_DATABASES_CONFIG_KEY,
-    MONGO_URI_CONFIG_KEY,
-)
+from common.clock import utc_now
+from common.mongo import DATABASE_NAME_TEMPLATE, MongoSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +41,6 @@ RETRY_LEASE = timedelta(seconds=30)
 ERROR_TRACE_CHARS = 4000
 #: Dead letters ``list_dead_letters`` returns at most.
 LIST_LIMIT = 100
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def entry_id(handler: str, event: Any) -> str:
@@ -73,14 +63,11 @@ class RetryStore(SharedExtension):
     """One per container: the Mongo collections of retries and dead letters."""
 
     def setup(self) -> None:
-        config = self.container.config
-        databases = config.get(MONGO_DATABASES_CONFIG_KEY) or {}
+        settings = MongoSettings.read(self.container.config)
         name = self.container.service_name
-        self.database_name = databases.get(name) or DATABASE_NAME_TEMPLATE.format(name)
-        self.uri = config.get(MONGO_URI_CONFIG_KEY) or DEFAULT_MONGO_URI
-        self.timeout_ms = int(
-            config.get(MONGO_CONNECT_TIMEOUT_CONFIG_KEY) or DEFAULT_CONNECT_TIMEOUT_MS
-        )
+        self.database_name = settings.databases.get(name) or DATABASE_NAME_TEMPLATE.format(name)
+        self.uri = settings.uri
+        self.timeout_ms = settings.connect_timeout_ms
         #: Set by the first event handler to start, which runs the container's poller.
         self.poller_started = False
         # No ping (pymongo connects in the background): the service's Mongo dependency
@@ -125,7 +112,7 @@ class RetryStore(SharedExtension):
                 "$setOnInsert": {
                     "handler": handler, "event": event, "context": dict(context),
                     "attempt": attempt, "dueAt": due, "leaseUntil": None,
-                    "firstFailedAt": _now(),
+                    "firstFailedAt": utc_now(),
                 },
                 "$set": {"lastError": dict(error)},
             },
@@ -134,7 +121,7 @@ class RetryStore(SharedExtension):
 
     def take_due(self, handlers: list[str]) -> dict | None:
         """Claim one due retry of these handlers for :data:`RETRY_LEASE`; None if none."""
-        now = _now()
+        now = utc_now()
         return self.retries.find_one_and_update(
             {
                 "handler": {"$in": handlers},
@@ -168,7 +155,7 @@ class RetryStore(SharedExtension):
             {"_id": key},
             {
                 "handler": handler, "event": event, "context": dict(context),
-                "attempts": attempts, "error": dict(error), "deadAt": _now(),
+                "attempts": attempts, "error": dict(error), "deadAt": utc_now(),
             },
             upsert=True,
         )  # fmt: skip
@@ -195,9 +182,9 @@ class RetryStore(SharedExtension):
             {"_id": key},
             {"$set": {
                 "handler": dead["handler"], "event": dead["event"],
-                "context": dead.get("context", {}), "attempt": 1, "dueAt": _now(),
+                "context": dead.get("context", {}), "attempt": 1, "dueAt": utc_now(),
                 "leaseUntil": None, "replayedFrom": dead["error"],
-            }, "$setOnInsert": {"firstFailedAt": _now()}},
+            }, "$setOnInsert": {"firstFailedAt": utc_now()}},
             upsert=True,
         )  # fmt: skip
         self.dead.delete_one({"_id": key})

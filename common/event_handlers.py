@@ -18,16 +18,16 @@ This subclass, used exactly like it, does instead:
    the event to ``dead_letters`` with the handler, the error and the attempt count
    (``common.dead_letters``: listed, counted in ``/metrics``, replayed from the shell).
 
-Settings, in ``config.yml`` under :data:`RETRY_CONFIG_KEY`, are declared with their
-defaults in :class:`RetryPolicy` only. RPC entrypoints are unchanged: the caller gets
-the error.
+Settings (``EVENT_RETRY_*``) are declared in :class:`EventRetrySettings`. RPC
+entrypoints are unchanged: the caller gets the error.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -37,12 +37,13 @@ from nameko.containers import WorkerContext
 from nameko.exceptions import ContainerBeingKilled
 from pymongo.errors import PyMongoError
 
+from common.clock import utc_now
 from common.dead_letters import RetryStore, describe_error
 from common.logs import REQUEST_ID_CONTEXT_KEY
+from common.settings import Setting, Settings, positive_int, positive_number
 
 log = logging.getLogger(__name__)
 
-RETRY_CONFIG_KEY = "EVENT_RETRY"
 #: Seconds before a message is requeued when its retry could not be written.
 REQUEUE_PAUSE = 1.0
 #: Seconds between looks for due retries.
@@ -51,25 +52,43 @@ POLL_SECONDS = 0.5
 KEPT_CONTEXT_KEYS = (REQUEST_ID_CONTEXT_KEY, "call_id_stack")
 
 
+class EventRetrySettings(Settings):
+    attempts = Setting(
+        "EVENT_RETRY_ATTEMPTS",
+        positive_int,
+        8,
+        "Tries of a failed event in all, the broker's delivery included; then a dead letter.",
+    )
+    first_delay_seconds = Setting(
+        "EVENT_RETRY_FIRST_DELAY_SECONDS",
+        positive_number,
+        1.0,
+        "Seconds before a failed event's second try; each later wait doubles.",
+    )
+    max_delay_seconds = Setting(
+        "EVENT_RETRY_MAX_DELAY_SECONDS",
+        positive_number,
+        60.0,
+        "The longest wait between two tries of a failed event.",
+    )
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how soon a failed event is tried again (``EVENT_RETRY`` in config)."""
+    """How often and how soon a failed event is tried again (:class:`EventRetrySettings`)."""
 
-    #: Tries in all, the broker's delivery included; after the last, a dead letter.
-    attempts: int = 8
-    #: Seconds before the second try; each later wait doubles ...
-    first_delay_seconds: float = 1.0
-    #: ... up to this.
-    max_delay_seconds: float = 60.0
+    attempts: int = EventRetrySettings.attempts.default
+    first_delay_seconds: float = EventRetrySettings.first_delay_seconds.default
+    max_delay_seconds: float = EventRetrySettings.max_delay_seconds.default
 
     @classmethod
-    def from_config(cls, config: dict) -> RetryPolicy:
-        given = config.get(RETRY_CONFIG_KEY) or {}
-        policy = cls(**{f.name: given[f.name] for f in fields(cls) if given.get(f.name)})
+    def from_config(cls, config: Mapping[str, Any]) -> RetryPolicy:
+        """The policy ``config`` sets; :class:`SettingError` names a key with a bad value."""
+        settings = EventRetrySettings.read(config)
         return cls(
-            attempts=max(1, int(policy.attempts)),
-            first_delay_seconds=float(policy.first_delay_seconds),
-            max_delay_seconds=float(policy.max_delay_seconds),
+            attempts=settings.attempts,
+            first_delay_seconds=settings.first_delay_seconds,
+            max_delay_seconds=settings.max_delay_seconds,
         )
 
     def delay(self, failed_attempt: int) -> timedelta:
@@ -164,7 +183,7 @@ class EventHandler(nameko_events.EventHandler):
         if attempt >= self.policy.attempts:
             self.retry_store.bury(self.handler_name, event, kept, attempt, error)
             return
-        due = datetime.now(UTC) + self.policy.delay(attempt)
+        due = utc_now() + self.policy.delay(attempt)
         if retry is None:
             self.retry_store.schedule(self.handler_name, event, kept, attempt + 1, due, error)
         else:

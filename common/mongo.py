@@ -12,12 +12,16 @@ answers and ensures the declared indexes, ``stop()``/``kill()`` close the
 client, and ``get_dependency()`` hands each worker the service's
 ``pymongo.database.Database``.
 
-Config keys (``config.yml``): ``MONGO_URI``; ``MONGO_DATABASES``, a mapping
+Settings (:class:`MongoSettings`): ``MONGO_URI``; ``MONGO_DATABASES``, a mapping
 from the key given to ``Mongo(key)`` to a database name (``shop_<key>`` when
 absent); ``MONGO_CONNECT_TIMEOUT_MS`` (default 3000), which bounds the start-up
 check and, as pymongo's server selection timeout, every later operation while
 MongoDB is unreachable, so a call fails inside the RPC timeout instead of
 hanging.
+
+Each service wires its database one way: ``<service>/store.py`` holds a
+:class:`MongoStore` subclass (the service's queries) and a ``Mongo`` subclass
+naming it as ``store_class``, so every worker gets the service's store.
 
 Health: service code calls ``ping(self.db)``, a module function on the
 ``Database`` the worker already holds, rather than reaching for the provider.
@@ -26,6 +30,7 @@ Health: service code calls ``ping(self.db)``, a module function on the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import pymongo
@@ -34,11 +39,9 @@ from pymongo import IndexModel, MongoClient
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
+from common.clock import utc_now
+from common.settings import Setting, Settings, positive_int, text
 from common.uris import redact_uri
-
-MONGO_URI_CONFIG_KEY = "MONGO_URI"
-MONGO_DATABASES_CONFIG_KEY = "MONGO_DATABASES"
-MONGO_CONNECT_TIMEOUT_CONFIG_KEY = "MONGO_CONNECT_TIMEOUT_MS"
 
 DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017"
 DEFAULT_CONNECT_TIMEOUT_MS = 3000
@@ -49,6 +52,46 @@ DEFAULT_PING_TIMEOUT = 2.0
 
 #: An index declaration: collection name -> the indexes it must have.
 Indexes = Mapping[str, Sequence[IndexModel]]
+
+
+def _database_names(value: Any) -> dict[str, str]:
+    """Service -> database name; a service left empty gets ``shop_<service>``."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(name, str | None) for name in value.values()
+    ):
+        raise ValueError("must map each service to a database name")
+    return {service: name for service, name in value.items() if name}
+
+
+class MongoSettings(Settings):
+    uri = Setting("MONGO_URI", text, DEFAULT_MONGO_URI, "The MongoDB server (or replica set).")
+    databases = Setting(
+        "MONGO_DATABASES", _database_names, {}, "Each service's database (``shop_<service>``)."
+    )
+    connect_timeout_ms = Setting(
+        "MONGO_CONNECT_TIMEOUT_MS",
+        positive_int,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        "Start fails, and a query gives up, after this many ms without an answer.",
+    )
+
+
+def stored_time(moment: datetime) -> datetime:
+    """``moment`` at the millisecond precision MongoDB keeps, so what a service answers
+    from memory and what it reads back later are the same instant."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+class MongoStore:
+    """The base of a service's store: its database, and the time as the store keeps it."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @staticmethod
+    def now() -> datetime:
+        """Now in UTC, to the millisecond MongoDB stores."""
+        return stored_time(utc_now())
 
 
 class MongoConnectionError(Exception):
@@ -83,7 +126,7 @@ def connect(uri: str, timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS, **options: A
         client.close()
         raise MongoConnectionError(
             f"MongoDB at {redact_uri(uri)} did not answer within {timeout_ms} ms "
-            f"({MONGO_CONNECT_TIMEOUT_CONFIG_KEY}): {redact_uri(str(exc))}"
+            f"({MongoSettings.connect_timeout_ms.key}): {redact_uri(str(exc))}"
         ) from None
     return client
 
@@ -119,8 +162,11 @@ class Mongo(DependencyProvider):
 
     ``key`` names the database in ``MONGO_DATABASES``; ``indexes`` maps
     collection names to the ``IndexModel``s ensured at start; other keyword
-    arguments are ``MongoClient`` options (``tz_aware=True``, ...).
+    arguments are ``MongoClient`` options (``tz_aware=True``, ...). A subclass
+    that sets ``store_class`` injects that store on the database instead.
     """
+
+    store_class: type[MongoStore] | None = None
 
     def __init__(self, key: str, indexes: Indexes | None = None, **client_options: Any) -> None:
         self.key = key
@@ -136,13 +182,12 @@ class Mongo(DependencyProvider):
 
     def setup(self) -> None:
         """Read the URI, this service's database name and the connect timeout from config."""
-        config = self.container.config
-        self.uri = config.get(MONGO_URI_CONFIG_KEY) or DEFAULT_MONGO_URI
-        databases = config.get(MONGO_DATABASES_CONFIG_KEY) or {}
-        self.database_name = databases.get(self.key) or DATABASE_NAME_TEMPLATE.format(self.key)
-        self.connect_timeout_ms = int(
-            config.get(MONGO_CONNECT_TIMEOUT_CONFIG_KEY) or DEFAULT_CONNECT_TIMEOUT_MS
+        settings = MongoSettings.read(self.container.config)
+        self.uri = settings.uri
+        self.database_name = settings.databases.get(self.key) or DATABASE_NAME_TEMPLATE.format(
+            self.key
         )
+        self.connect_timeout_ms = settings.connect_timeout_ms
 
     def start(self) -> None:
         """Connect, failing fast when MongoDB does not answer, then ensure the indexes."""
@@ -164,12 +209,14 @@ class Mongo(DependencyProvider):
         """Close the client at once."""
         self._close()
 
-    def get_dependency(self, worker_ctx: Any) -> Database:
-        """The service's database, shared by all workers of this container."""
+    def get_dependency(self, worker_ctx: Any) -> Database | MongoStore:
+        """The service's database (or its ``store_class`` on it), for every worker."""
         if self.database is None:
             raise MongoConnectionError(
                 f"Mongo({self.key!r}) is not started (worker of {worker_ctx.entrypoint!r})"
             )
+        if self.store_class is not None:
+            return self.store_class(self.database)
         return self.database
 
     def _close(self) -> None:

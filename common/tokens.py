@@ -11,12 +11,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import jwt
 
+from common.clock import Clock, utc_now
 from common.errors import Unauthorized
+from common.settings import Setting, text
 
 ROLE_CUSTOMER = "customer"
 ROLE_ADMIN = "admin"
@@ -36,18 +38,13 @@ REFRESH_TOKEN_TTL = timedelta(days=7)
 MAX_TOKEN_LENGTH = 4096
 REQUIRED_CLAIMS = ("iss", "sub", "role", "type", "jti", "sid", "iat", "exp")
 
-#: The development secret; config.yml's ``${JWT_SECRET:...}`` default must be this string.
+#: The development secret (``JWT_SECRET`` unset), refused in production.
 DEFAULT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
 PRODUCTION_ENV = "production"
+#: Where the shop runs; in production the development secrets are refused.
+SHOP_ENV = Setting("SHOP_ENV", text, "development", "``production`` refuses development secrets.")
 #: Bytes of secret required in production (HS256 keys shorter than its hash are weak).
 MIN_PRODUCTION_SECRET_BYTES = 32
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware in UTC."""
-    return datetime.now(UTC)
 
 
 class InsecureSecretError(RuntimeError):
@@ -112,7 +109,18 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-class TokenIssuer:
+class _SigningKey:
+    """What signing and verifying share: the secret (never empty), issuer and clock."""
+
+    def __init__(self, secret: str, issuer: str, clock: Clock) -> None:
+        if not secret:
+            raise InsecureSecretError("the JWT secret is empty")
+        self._secret = secret
+        self._issuer = issuer
+        self._clock = clock
+
+
+class TokenIssuer(_SigningKey):
     """Signs access/refresh pairs with the configured secret."""
 
     def __init__(
@@ -125,12 +133,8 @@ class TokenIssuer:
         clock: Clock = utc_now,
         new_id: Callable[[], str] = _new_id,
     ) -> None:
-        if not secret:
-            raise InsecureSecretError("the JWT secret is empty")
-        self._secret = secret
-        self._issuer = issuer
+        super().__init__(secret, issuer, clock)
         self._ttls = {ACCESS_TOKEN: access_ttl, REFRESH_TOKEN: refresh_ttl}
-        self._clock = clock
         self._new_id = new_id
 
     def issue_pair(self, user_id: str, role: str, *, session_id: str | None = None) -> TokenPair:
@@ -166,7 +170,7 @@ class TokenIssuer:
         return jwt.encode(dict(claims), self._secret, algorithm=JWT_ALGORITHM)
 
 
-class TokenVerifier:
+class TokenVerifier(_SigningKey):
     """Checks a token's signature, algorithm, issuer, type, times and claims."""
 
     def __init__(
@@ -177,11 +181,7 @@ class TokenVerifier:
         clock: Clock = utc_now,
         leeway: timedelta = timedelta(0),
     ) -> None:
-        if not secret:
-            raise InsecureSecretError("the JWT secret is empty")
-        self._secret = secret
-        self._issuer = issuer
-        self._clock = clock
+        super().__init__(secret, issuer, clock)
         self._leeway = leeway.total_seconds()
         # Times are checked below against the injectable clock, not PyJWT's own.
         self._jwt = jwt.PyJWT(

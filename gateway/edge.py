@@ -21,29 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from nameko.constants import AUTH_TOKEN_CONTEXT_KEY
 from nameko.extensions import DependencyProvider
 from werkzeug.wrappers import Request, Response
 
-from common.auth import (
-    DEFAULT_REDIS_KEY_PREFIX,
-    DEFAULT_REDIS_URL,
-    REDIS_KEY_PREFIX_CONFIG_KEY,
-    REDIS_URL_CONFIG_KEY,
-    Caller,
-    RevocationList,
-)
-from common.errors import Forbidden, InternalError, ShopError, Unauthorized
+from common.auth import Authentication, Caller, admin_only, authenticate
+from common.errors import InternalError, ShopError
 from common.logs import REQUEST_ID_CONTEXT_KEY, bind_request, new_request_id
-from common.tokens import (
-    ACCESS_TOKEN,
-    DEFAULT_ISSUER,
-    DEFAULT_JWT_SECRET,
-    ROLE_ADMIN,
-    TokenVerifier,
-    check_secret_for_environment,
-)
+from common.settings import Setting, Settings, positive_int, positive_number, whole_number
 from gateway.breaker import CircuitBreaker
 from gateway.errors import is_upstream_failure, to_shop_error
 from gateway.http import (
@@ -62,6 +47,32 @@ from gateway.routes import ADMIN, LOGIN, PUBLIC, Route
 log = logging.getLogger("gateway.requests")
 
 DOWNSTREAM_SERVICES = ("users", "orders", "payments")
+
+
+class GatewaySettings(Settings):
+    """What the gateway reads besides the token checks (:class:`common.auth.AuthSettings`)."""
+
+    max_body_bytes = Setting(
+        "GATEWAY_MAX_BODY_BYTES", positive_int, DEFAULT_MAX_BODY_BYTES, "Larger bodies get 413."
+    )
+    ip_limit = Setting(
+        "RATE_LIMIT_PER_MINUTE",
+        whole_number,
+        1200,
+        "Requests a client IP may make a minute (0: no limit).",
+    )
+    login_limit = Setting(
+        "LOGIN_RATE_LIMIT_PER_MINUTE",
+        whole_number,
+        30,
+        "Logins an account may try a minute (0: no limit).",
+    )
+    breaker_failures = Setting(
+        "BREAKER_FAILURES", positive_int, 5, "Upstream failures in a row that open a breaker."
+    )
+    breaker_reset_seconds = Setting(
+        "BREAKER_RESET_SECONDS", positive_number, 10.0, "Seconds a breaker stays open."
+    )
 
 
 @dataclass
@@ -103,13 +114,14 @@ class EdgeRequest:
         bind_request(request_id, self.worker_ctx.service_name)
         caller: Caller | None = None
         try:
-            self.edge.limiter.hit("ip", request.remote_addr or "-", self.edge.ip_limit)
+            settings = self.edge.settings
+            self.edge.limiter.hit("ip", request.remote_addr or "-", settings.ip_limit)
             if route.access != PUBLIC:
                 caller = self._authenticate(request, route)
-            body = read_json_object(request, self.edge.max_body) if route.has_body else None
+            body = read_json_object(request, settings.max_body_bytes) if route.has_body else None
             if route is LOGIN and isinstance(body.get("email"), str):
                 account = body["email"].strip().lower()
-                self.edge.limiter.hit("login", account, self.edge.login_limit)
+                self.edge.limiter.hit("login", account, settings.login_limit)
             call = Call(body, caller, request.args, request, self.edge.breakers)
             response = json_response(action(call), route.status)
         except Exception as exc:
@@ -122,15 +134,13 @@ class EdgeRequest:
         return response
 
     def _authenticate(self, request: Request, route: Route) -> Caller:
+        """The services' own check (:func:`common.auth.authenticate`), made here first so
+        a bad token costs no RPC; the token then goes on in context data."""
         token = bearer_token(request)
-        if token is None:
-            raise Unauthorized("A bearer token is required.")
-        claims = self.edge.verifier.verify(token, ACCESS_TOKEN)
-        if self.edge.revocations.is_revoked(claims):
-            raise Unauthorized("Token has been revoked.")
-        caller = Caller(user_id=claims["sub"], role=claims["role"], claims=claims)
-        if route.access == ADMIN and caller.role != ROLE_ADMIN:
-            raise Forbidden("Admins only.")
+        checks = self.edge.authentication
+        caller = authenticate(token, checks.verifier, checks.revocations)
+        if route.access == ADMIN:
+            admin_only(caller)
         self.worker_ctx.data[AUTH_TOKEN_CONTEXT_KEY] = token
         return caller
 
@@ -138,43 +148,28 @@ class EdgeRequest:
 class Edge(DependencyProvider):
     """Shared per gateway container: token checks, rate limits, breakers, request logs.
 
-    Config: ``JWT_SECRET``/``JWT_ISSUER``/``SHOP_ENV``, ``REDIS_URL``/``REDIS_KEY_PREFIX``,
-    ``GATEWAY_MAX_BODY_BYTES`` (64 KiB), ``RATE_LIMIT_PER_MINUTE`` (per IP, 1200),
-    ``LOGIN_RATE_LIMIT_PER_MINUTE`` (per account, 30), ``BREAKER_FAILURES`` (5),
-    ``BREAKER_RESET_SECONDS`` (10).
+    Settings: :class:`GatewaySettings`, and :class:`common.auth.AuthSettings` for the
+    token checks and the Redis the limits are counted in.
     """
 
+    authentication = Authentication()
+
     def setup(self) -> None:
-        config = self.container.config
-        secret = check_secret_for_environment(
-            config.get("JWT_SECRET", DEFAULT_JWT_SECRET), config.get("SHOP_ENV")
-        )
-        self.verifier = TokenVerifier(secret, issuer=config.get("JWT_ISSUER") or DEFAULT_ISSUER)
-        self.redis_url = config.get(REDIS_URL_CONFIG_KEY) or DEFAULT_REDIS_URL
-        self.prefix = config.get(REDIS_KEY_PREFIX_CONFIG_KEY, DEFAULT_REDIS_KEY_PREFIX)
-        self.max_body = int(config.get("GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-        self.ip_limit = int(config.get("RATE_LIMIT_PER_MINUTE", 1200))
-        self.login_limit = int(config.get("LOGIN_RATE_LIMIT_PER_MINUTE", 30))
+        self.settings = GatewaySettings.read(self.container.config)
         self.breakers = {
             name: CircuitBreaker(
                 name,
-                failure_threshold=int(config.get("BREAKER_FAILURES", 5)),
-                reset_timeout=float(config.get("BREAKER_RESET_SECONDS", 10)),
+                failure_threshold=self.settings.breaker_failures,
+                reset_timeout=self.settings.breaker_reset_seconds,
                 counts_as_failure=is_upstream_failure,
             )
             for name in DOWNSTREAM_SERVICES
         }
-        self.metrics = GatewayMetrics(self.breakers, config["AMQP_URI"])
+        self.metrics = GatewayMetrics(self.breakers, self.container.config["AMQP_URI"])
 
     def start(self) -> None:
-        self.client = redis.Redis.from_url(self.redis_url, socket_timeout=2)
-        self.revocations = RevocationList(self.client, self.prefix)
-        self.limiter = RateLimiter(self.client, self.prefix)
-
-    def stop(self) -> None:
-        self.client.close()
-
-    kill = stop
+        checks = self.authentication
+        self.limiter = RateLimiter(checks.redis, checks.settings.redis_key_prefix)
 
     def observe(
         self, request: Request, route: Route, response: Response, seconds: float, caller

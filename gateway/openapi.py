@@ -14,7 +14,7 @@ from marshmallow import Schema, fields
 
 from common.errors import ERRORS_BY_CODE
 from common.money import MAX_CENTS, Money, cents_to_number
-from common.schema_fields import PageQuerySchema, UtcTimestamp
+from common.schemas import PageQuerySchema, UtcTimestamp
 from common.tokens import ROLES, TOKEN_TYPE_BEARER
 from gateway import routes as R
 from orders.domain import ORDER_STATUSES

@@ -2,7 +2,7 @@
 
 Plain Python, no Nameko and no database. Money is integer cents throughout. The service
 loads, calls these, and saves with a condition on the status it loaded, so two racing
-moves cannot both win; stock reservations are the store's, sized by ``reservation_delta``.
+moves cannot both win; stock reservations are the store's, moved by ``hold_changes``.
 
 Statuses: pending -> paid -> shipped -> delivered; pending -> cancelled; paid -> cancelled
 (the payment is refunded); pending -> expired. Cancelling or expiring releases the stock.
@@ -164,21 +164,31 @@ def duplicate_product_errors(product_ids: Sequence[str]) -> dict[str, list[str]]
     return errors
 
 
-def reservation_delta(
-    old_lines: Iterable[OrderLine], new_lines: Iterable[OrderLine]
-) -> dict[str, int]:
-    """Stock to take per product to go from ``old_lines`` to ``new_lines``.
+@dataclass(frozen=True)
+class HoldChange:
+    """Move the stock an order holds of ``product_id`` from ``old`` to ``new`` (0: none)."""
 
-    Positive: reserve that many more; negative: release that many. Unchanged products are
-    left out; keys are sorted, so concurrent edits touch products in the same order.
-    Placing an order is ``reservation_delta([], lines)``, releasing it ``(lines, [])``.
+    product_id: str
+    old: int
+    new: int
+
+
+def hold_changes(
+    old_lines: Iterable[OrderLine], new_lines: Iterable[OrderLine]
+) -> list[HoldChange]:
+    """The stock holds to move to go from ``old_lines`` to ``new_lines``, one per product
+    whose quantity differs. Placing an order is ``hold_changes([], lines)``.
+
+    Sorted by product id: concurrent edits then take products in the same order, so two
+    edits never each wait for a product the other has taken.
     """
-    delta: dict[str, int] = {}
-    for line in new_lines:
-        delta[line.product_id] = delta.get(line.product_id, 0) + line.quantity
-    for line in old_lines:
-        delta[line.product_id] = delta.get(line.product_id, 0) - line.quantity
-    return {product_id: delta[product_id] for product_id in sorted(delta) if delta[product_id]}
+    old = {line.product_id: line.quantity for line in old_lines}
+    new = {line.product_id: line.quantity for line in new_lines}
+    return [
+        HoldChange(product_id, old.get(product_id, 0), new.get(product_id, 0))
+        for product_id in sorted(old.keys() | new.keys())
+        if old.get(product_id, 0) != new.get(product_id, 0)
+    ]
 
 
 def stock_kept(status: str, lines: Iterable[OrderLine]) -> dict[str, int] | None:
@@ -281,14 +291,14 @@ class Order:
             )
         self._move(status, now)
 
-    def replace_items(self, priced: PricedLines, now: datetime) -> dict[str, int]:
-        """New lines while pending; returns the ``reservation_delta`` to apply to stock."""
+    def replace_items(self, priced: PricedLines, now: datetime) -> list[HoldChange]:
+        """New lines while pending; returns the ``hold_changes`` to apply to stock."""
         self._require_pending("changed")
-        delta = reservation_delta(self.items, priced.lines)
+        changes = hold_changes(self.items, priced.lines)
         self.items = priced.lines
         self.total_cents = priced.total_cents
         self.updated_at = now
-        return delta
+        return changes
 
     def change_shipping_address(self, address: Address, now: datetime) -> None:
         self._require_pending("changed")

@@ -12,7 +12,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from common.money import Money
-from common.schema_fields import _BETWEEN, PageQuerySchema, UtcTimestamp
+from common.schemas import _BETWEEN, PageQuerySchema, UtcTimestamp
 from orders.domain import (
     MAX_LINES,
     MAX_QUANTITY,

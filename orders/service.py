@@ -11,11 +11,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from marshmallow import Schema, ValidationError
-from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko.timer import timer
 
@@ -26,6 +24,8 @@ from common.event_handlers import event_handler
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
+from common.schemas import PageQuerySchema, load, load_query, page_body
+from common.settings import Setting, Settings, SettingsProvider, positive_number
 from orders.domain import (
     DEMO_CATALOG,
     PENDING,
@@ -42,7 +42,6 @@ from orders.schemas import (
     CreateProductSchema,
     OrderListQuerySchema,
     OrderSchema,
-    PageQuerySchema,
     ProductSchema,
     UpdateOrderSchema,
     UpdateProductSchema,
@@ -51,8 +50,6 @@ from orders.store import ConcurrentChange, OrdersDatabase, StoredOrder
 
 log = logging.getLogger(__name__)
 
-RESERVATION_MINUTES_CONFIG_KEY = "ORDER_RESERVATION_MINUTES"
-DEFAULT_RESERVATION_MINUTES = 15
 EXPIRY_SWEEP_SECONDS = 1
 OUTBOX_RELAY_SECONDS = 5
 RECOVERY_SWEEP_SECONDS = 10
@@ -69,27 +66,36 @@ ORDER_EXPIRED = "order_expired"
 ORDER_PAYMENT_REJECTED = "order_payment_rejected"
 
 
+class OrdersSettings(Settings):
+    reservation_minutes = Setting(
+        "ORDER_RESERVATION_MINUTES",
+        positive_number,
+        15.0,
+        "Minutes an unpaid order keeps its stock reserved before it expires.",
+    )
+
+
 class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     name = "orders"
     request_context = RequestContext()
+    settings = SettingsProvider(OrdersSettings)
     store = OrdersDatabase(DEMO_CATALOG)
     auth = Auth()
     outbox = Outbox()
-    config = Config()
 
     @rpc
     def health(self) -> dict:
         """Answers over the broker; the gateway's /ready asks every service."""
-        return health_report(self.name, self.store.db)
+        return health_report(self.name, self.store.database)
 
     # -- products ---------------------------------------------------------------------
 
     @rpc(expected_exceptions=ShopError)
     def list_products(self, page: Any = 1, limit: Any = 20) -> dict:
         """``{items: [product], page, limit, total}``, newest first; no token needed."""
-        query = _load(PageQuerySchema(), _params(page=page, limit=limit))
+        query = load_query(PageQuerySchema(), page=page, limit=limit)
         products, total = self.store.list_products(query["page"], query["limit"])
-        return _page(ProductSchema(many=True).dump(products), query, total)
+        return page_body(ProductSchema(many=True).dump(products), query, total)
 
     @rpc(expected_exceptions=ShopError)
     def get_product(self, product_id: str) -> dict:
@@ -102,14 +108,14 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     def create_product(self, body: Any) -> dict:
         """Admin: ``{id?, name, price, stock}`` -> the product (201)."""
         self.auth.require_admin()
-        data = _load(CreateProductSchema(), body)
+        data = load(CreateProductSchema(), body)
         product = Product(
             id=data.get("id") or _new_id(),
             name=data["name"],
             price_cents=data["price_cents"],
             stock=data["stock"],
         )
-        if not self.store.insert_product(product, _now()):
+        if not self.store.insert_product(product, self.store.now()):
             raise ValidationFailed.for_field("id", f"A product {product.id} already exists.")
         return ProductSchema().dump(product)
 
@@ -117,7 +123,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     def update_product(self, product_id: str, body: Any) -> dict:
         """Admin: ``{name?, price?, stock?}``; ``stock`` sets what can still be bought."""
         self.auth.require_admin()
-        data = _load(UpdateProductSchema(), body)
+        data = load(UpdateProductSchema(), body)
         product = (
             self.store.update_product(product_id, data) if isinstance(product_id, str) else None
         )
@@ -132,13 +138,13 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         """``{items: [{productId, quantity, price?}], shippingAddress}`` -> a pending order
         holding the stock of every line (201), or ``InsufficientStock`` holding none."""
         caller = self.auth.require()
-        data = _load(CreateOrderSchema(), body)
+        data = load(CreateOrderSchema(), body)
         order = Order.place(
             order_id=_new_id(),
             user_id=caller.user_id,
             priced=self._price(data["items"]),
             shipping_address=Address(**data["shipping_address"]),
-            now=_now(),
+            now=self.store.now(),
             reservation_ttl=self._reservation_ttl(),
         )
         created = _order_event(ORDER_CREATED, order, total=order.total_cents)
@@ -159,14 +165,14 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     def list_orders(self, status: str | None = None, page: Any = 1, limit: Any = 20) -> dict:
         """``{items, page, limit, total}``: the caller's orders (an admin: all), newest first."""
         caller = self.auth.require()
-        query = _load(OrderListQuerySchema(), _params(status=status, page=page, limit=limit))
+        query = load_query(OrderListQuerySchema(), status=status, page=page, limit=limit)
         orders, total = self.store.list_orders(
             None if caller.is_admin else caller.user_id,
             query.get("status"),
             query["page"],
             query["limit"],
         )
-        return _page(OrderSchema(many=True).dump(orders), query, total)
+        return page_body(OrderSchema(many=True).dump(orders), query, total)
 
     @rpc(expected_exceptions=ShopError)
     def update_order(self, order_id: str, body: Any) -> dict:
@@ -175,7 +181,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         caller = self.auth.require()
         if isinstance(body, Mapping) and "status" in body and not caller.is_admin:
             raise Forbidden("Only an admin can set an order's status.")
-        data = _load(UpdateOrderSchema(), body)
+        data = load(UpdateOrderSchema(), body)
         if "status" in data:
             return OrderSchema().dump(self._set_status(caller, order_id, data["status"]))
 
@@ -183,13 +189,12 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         address = Address(**data["shipping_address"]) if "shipping_address" in data else None
         for _ in range(SAVE_ATTEMPTS):
             stored = self._visible_order(caller, order_id)
-            order, old_lines, now = stored.order, stored.order.items, _now()
+            order, now = stored.order, self.store.now()
             if address is not None:
                 order.change_shipping_address(address, now)
             try:
                 if priced is not None:
-                    order.replace_items(priced, now)
-                    self.store.save_items(stored, old_lines)
+                    self.store.save_items(stored, order.replace_items(priced, now))
                     return OrderSchema().dump(order)
                 if self.store.save_order(stored):
                     return OrderSchema().dump(order)
@@ -219,7 +224,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     def expire_orders(self) -> None:
         """Expire unpaid orders past their reservation time; of several instances, one
         wins each order (a save conditional on its version), which releases its stock."""
-        now = _now()
+        now = self.store.now()
         for stored in self.store.due_to_expire(now):
             order = stored.order
             order.expire(now)
@@ -234,7 +239,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     @timer(interval=RECOVERY_SWEEP_SECONDS)
     def recover_stock(self) -> None:
         """Give back stock a process that died mid-way left held (see ``orders.store``)."""
-        self.store.fail_stale_reservations(_now() - RESERVING_TIMEOUT)
+        self.store.fail_stale_reservations(self.store.now() - RESERVING_TIMEOUT)
         self.store.settle_released()
 
     # -- events -----------------------------------------------------------------------
@@ -258,7 +263,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
                 if self.store.reject_payment(order_id, payment_id, event["id"], rejected):
                     self.outbox.flush(self.store.orders, order_id)
                 return
-            order.pay(_now(), payment_id)
+            order.pay(self.store.now(), payment_id)
             paid = _order_event(ORDER_PAID, order, paymentId=payment_id)
             if self.store.apply_payment(stored, event["id"], paid):
                 self.outbox.flush(self.store.orders, order_id)
@@ -269,7 +274,8 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     def on_payment_refunded(self, event: dict) -> None:
         """Record the refund on the order, once; its status stays cancelled."""
         data = event["data"]
-        refund = {"paymentId": data["paymentId"], "amountCents": data["amount"], "at": _now()}
+        at = self.store.now()
+        refund = {"paymentId": data["paymentId"], "amountCents": data["amount"], "at": at}
         self.store.record_refund(data["orderId"], refund, event["id"])
 
     # -- helpers ----------------------------------------------------------------------
@@ -287,7 +293,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         another change saved the order first."""
         for _ in range(SAVE_ATTEMPTS):
             stored = self._visible_order(caller, order_id)
-            events = change(stored.order, _now())
+            events = change(stored.order, self.store.now())
             if self.store.save_order(stored, events):
                 return stored.order
         raise _keeps_changing(order_id)
@@ -311,23 +317,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         return price_lines(requested, catalog)
 
     def _reservation_ttl(self) -> timedelta:
-        minutes = self.config.get(RESERVATION_MINUTES_CONFIG_KEY) or DEFAULT_RESERVATION_MINUTES
-        return timedelta(minutes=float(minutes))
-
-
-def _load(schema: Schema, data: Any) -> dict:
-    try:
-        return schema.load(data)
-    except ValidationError as error:
-        raise ValidationFailed.from_messages(error.messages) from None
-
-
-def _params(**params: Any) -> dict:
-    return {key: value for key, value in params.items() if value is not None}
-
-
-def _page(items: list, query: Mapping[str, Any], total: int) -> dict:
-    return {"items": items, "page": query["page"], "limit": query["limit"], "total": total}
+        return timedelta(minutes=self.settings.reservation_minutes)
 
 
 def _order_event(event_type: str, order: Order, **facts: Any) -> dict:
@@ -340,7 +330,3 @@ def _keeps_changing(order_id: str) -> OrderNotModifiable:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

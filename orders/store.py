@@ -27,18 +27,21 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from common.documents import DocumentMapper, document_key
 from common.errors import ServiceUnavailable
 from common.events import apply_once, with_events
-from common.mongo import Mongo
+from common.mongo import Mongo, MongoStore
 from orders.domain import (
     FAILED,
     ORDER_STATUSES,
     PENDING,
     RESERVING,
     Address,
+    HoldChange,
     Order,
     OrderLine,
     Product,
+    hold_changes,
     insufficient_stock,
     stock_kept,
 )
@@ -63,15 +66,6 @@ NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
 
 
 @dataclass(frozen=True)
-class HoldChange:
-    """Move the stock ``order_id`` holds of ``product_id`` from ``old`` to ``new``."""
-
-    product_id: str
-    old: int
-    new: int
-
-
-@dataclass(frozen=True)
 class StoredOrder:
     """An order as loaded, with the version a conditional save must still find."""
 
@@ -83,28 +77,16 @@ class ConcurrentChange(Exception):
     """Someone else changed the order between loading and saving it; reload and retry."""
 
 
-def hold_changes(
-    old_lines: Iterable[OrderLine], new_lines: Iterable[OrderLine]
-) -> list[HoldChange]:
-    """The ``HoldChange`` per product whose quantity differs, sorted by product id."""
-    old = {line.product_id: line.quantity for line in old_lines}
-    new = {line.product_id: line.quantity for line in new_lines}
-    return [
-        HoldChange(product_id, old.get(product_id, 0), new.get(product_id, 0))
-        for product_id in sorted(old.keys() | new.keys())
-        if old.get(product_id, 0) != new.get(product_id, 0)
-    ]
-
-
-class OrdersStore:
+class OrdersStore(MongoStore):
     """The orders database, as the service's workers use it."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, database: Database) -> None:
         # Timestamps come back as aware UTC datetimes, as the domain compares them.
-        db = db.with_options(codec_options=CodecOptions(tz_aware=True, tzinfo=UTC))
-        self.db = db
-        self.products: Collection = db[PRODUCTS]
-        self.orders: Collection = db[ORDERS]
+        super().__init__(
+            database.with_options(codec_options=CodecOptions(tz_aware=True, tzinfo=UTC))
+        )
+        self.products: Collection = self.database[PRODUCTS]
+        self.orders: Collection = self.database[ORDERS]
 
     # -- catalog ------------------------------------------------------------------------
 
@@ -112,7 +94,7 @@ class OrdersStore:
         """Insert the products that do not exist yet; never touches existing ones, so
         several instances starting at once, or a restart, change nothing."""
         for product in products:
-            doc = _product_doc(product, now)
+            doc = _product_document(product, now)
             product_id = doc.pop("_id")
             try:
                 self.products.update_one({"_id": product_id}, {"$setOnInsert": doc}, upsert=True)
@@ -126,38 +108,38 @@ class OrdersStore:
             .skip((page - 1) * limit)
             .limit(limit)
         )
-        return [_product(doc) for doc in cursor], self.products.count_documents({})
+        return [PRODUCT.from_document(doc) for doc in cursor], self.products.count_documents({})
 
     def get_product(self, product_id: str) -> Product | None:
         doc = self.products.find_one({"_id": product_id})
-        return _product(doc) if doc else None
+        return PRODUCT.from_document(doc) if doc else None
 
     def find_products(self, product_ids: Iterable[str]) -> dict[str, Product]:
         docs = self.products.find({"_id": {"$in": sorted(set(product_ids))}})
-        return {doc["_id"]: _product(doc) for doc in docs}
+        return {doc["_id"]: PRODUCT.from_document(doc) for doc in docs}
 
     def insert_product(self, product: Product, now: datetime) -> bool:
         """False when a product with this id exists."""
         try:
-            self.products.insert_one(_product_doc(product, now))
+            self.products.insert_one(_product_document(product, now))
         except DuplicateKeyError:
             return False
         return True
 
     def update_product(self, product_id: str, changes: Mapping[str, Any]) -> Product | None:
         """Set ``name``, ``price_cents`` and/or ``stock``; None when there is no such product."""
-        fields = {_PRODUCT_FIELDS[key]: value for key, value in changes.items()}
+        fields = {document_key(key): value for key, value in changes.items()}
         doc = self.products.find_one_and_update(
             {"_id": product_id}, {"$set": fields}, return_document=ReturnDocument.AFTER
         )
-        return _product(doc) if doc else None
+        return PRODUCT.from_document(doc) if doc else None
 
     # -- reading orders -----------------------------------------------------------------
 
     def get_order(self, order_id: str) -> StoredOrder | None:
         """A client-visible order (never one still reserving or failed)."""
         doc = self.orders.find_one({"_id": order_id, "status": {"$in": list(ORDER_STATUSES)}})
-        return _stored_order(doc) if doc else None
+        return _stored_order_from_document(doc) if doc else None
 
     def list_orders(
         self, user_id: str | None, status: str | None, page: int, limit: int
@@ -167,11 +149,13 @@ class OrdersStore:
         if user_id is not None:
             query["userId"] = user_id
         cursor = self.orders.find(query).sort(NEWEST_FIRST).skip((page - 1) * limit).limit(limit)
-        return [_stored_order(doc).order for doc in cursor], self.orders.count_documents(query)
+        return [
+            _stored_order_from_document(doc).order for doc in cursor
+        ], self.orders.count_documents(query)
 
     def due_to_expire(self, now: datetime, limit: int = 100) -> list[StoredOrder]:
         cursor = self.orders.find({"status": PENDING, "expiresAt": {"$lte": now}}, limit=limit)
-        return [_stored_order(doc) for doc in cursor]
+        return [_stored_order_from_document(doc) for doc in cursor]
 
     # -- placing and changing orders ----------------------------------------------------
 
@@ -181,7 +165,7 @@ class OrdersStore:
         The order exists (``reserving``) before any stock is taken and becomes ``pending``
         with its ``order_created`` event in one update once every line is held.
         """
-        doc = _order_doc(order)
+        doc = _order_document(order)
         doc.update(status=RESERVING, version=0)
         self.orders.insert_one(doc)
         try:
@@ -204,7 +188,7 @@ class OrdersStore:
         """Write ``stored.order`` if nobody changed it since it was loaded; True if written.
         ``held_products``: its lines are now exactly what it holds."""
         order = stored.order
-        fields = _order_doc(order)
+        fields = _order_document(order)
         for key in ("_id", "userId", "createdAt"):
             fields.pop(key)
         if not held_products:
@@ -215,15 +199,15 @@ class OrdersStore:
         result = self.orders.update_one({"_id": order.id, "version": stored.version}, update)
         return result.modified_count == 1
 
-    def save_items(self, stored: StoredOrder, old_lines: Sequence[OrderLine]) -> None:
-        """Save ``stored.order``'s new lines, re-reserving the difference all-or-nothing.
+    def save_items(self, stored: StoredOrder, changes: Sequence[HoldChange]) -> None:
+        """Save ``stored.order``'s new lines, moving its holds by ``changes`` (what
+        ``Order.replace_items`` returned) all-or-nothing.
 
         Raises ``InsufficientStock`` or ``ConcurrentChange`` (the order moved meanwhile)
         with the holds and the order as they were.
         """
         order = stored.order
-        changes = hold_changes(old_lines, order.items)
-        added = sorted({c.product_id for c in changes} - {line.product_id for line in old_lines})
+        added = [change.product_id for change in changes if not change.old]
         unchanged = {"_id": order.id, "status": PENDING, "version": stored.version}
         if added:
             noted = self.orders.update_one(
@@ -294,7 +278,9 @@ class OrdersStore:
             if doc is None:
                 keep: Mapping[str, int] | None = {}
             else:
-                keep = stock_kept(doc["status"], [_line(item) for item in doc["items"]])
+                keep = stock_kept(
+                    doc["status"], [LINE.from_document(item) for item in doc["items"]]
+                )
             if keep is None:
                 continue
             for product_id in sorted(product_ids):
@@ -399,86 +385,37 @@ class OrdersDatabase(Mongo):
     """``Mongo("orders")`` handing each worker an :class:`OrdersStore`; seeds the demo
     catalog when the container starts."""
 
+    store_class = OrdersStore
+
     def __init__(self, catalog: Sequence[Product] = ()) -> None:
         super().__init__("orders", indexes=INDEXES)
         self.catalog = tuple(catalog)
 
     def start(self) -> None:
         super().start()
-        OrdersStore(self.database).seed_catalog(self.catalog, datetime.now(UTC))
-
-    def get_dependency(self, worker_ctx: Any) -> OrdersStore:
-        return OrdersStore(super().get_dependency(worker_ctx))
+        store = OrdersStore(self.database)
+        store.seed_catalog(self.catalog, store.now())
 
 
 def _changed(order_id: str) -> ConcurrentChange:
     return ConcurrentChange(f"Order {order_id} changed meanwhile; reload it and try again.")
 
 
-_PRODUCT_FIELDS = {"name": "name", "price_cents": "priceCents", "stock": "stock"}
+PRODUCT = DocumentMapper(Product)
+LINE = DocumentMapper(OrderLine)
+ORDER = DocumentMapper(Order, {"items": LINE, "shipping_address": DocumentMapper(Address)})
 
 
-def _product_doc(product: Product, now: datetime) -> dict[str, Any]:
-    return {
-        "_id": product.id,
-        "name": product.name,
-        "priceCents": product.price_cents,
-        "stock": product.stock,
-        HOLDS_FIELD: {},
-        "createdAt": now,
-    }
+def _product_document(product: Product, now: datetime) -> dict[str, Any]:
+    """A new product: no stock held yet."""
+    return {**PRODUCT.to_document(product), HOLDS_FIELD: {}, "createdAt": now}
 
 
-def _product(doc: Mapping[str, Any]) -> Product:
-    return Product(doc["_id"], doc["name"], doc["priceCents"], doc["stock"])
+def _order_document(order: Order) -> dict[str, Any]:
+    """The order, and every product whose stock it may hold (its lines')."""
+    held = sorted({line.product_id for line in order.items})
+    return {**ORDER.to_document(order), "heldProducts": held}
 
 
-def _line_doc(line: OrderLine) -> dict[str, Any]:
-    return {
-        "productId": line.product_id,
-        "name": line.name,
-        "quantity": line.quantity,
-        "priceCents": line.price_cents,
-    }
-
-
-def _line(doc: Mapping[str, Any]) -> OrderLine:
-    return OrderLine(doc["productId"], doc["name"], doc["quantity"], doc["priceCents"])
-
-
-def _order_doc(order: Order) -> dict[str, Any]:
-    address = order.shipping_address
-    return {
-        "_id": order.id,
-        "userId": order.user_id,
-        "status": order.status,
-        "items": [_line_doc(line) for line in order.items],
-        "totalCents": order.total_cents,
-        "shippingAddress": {
-            "street": address.street,
-            "city": address.city,
-            "zipCode": address.zip_code,
-        },
-        "createdAt": order.created_at,
-        "updatedAt": order.updated_at,
-        "expiresAt": order.expires_at,
-        "paymentId": order.payment_id,
-        "heldProducts": sorted({line.product_id for line in order.items}),
-    }
-
-
-def _stored_order(doc: Mapping[str, Any]) -> StoredOrder:
-    address = doc["shippingAddress"]
-    order = Order(
-        id=doc["_id"],
-        user_id=doc["userId"],
-        status=doc["status"],
-        items=tuple(_line(item) for item in doc["items"]),
-        total_cents=doc["totalCents"],
-        shipping_address=Address(address["street"], address["city"], address["zipCode"]),
-        created_at=doc["createdAt"],
-        updated_at=doc["updatedAt"],
-        expires_at=doc["expiresAt"],
-        payment_id=doc.get("paymentId"),
-    )
-    return StoredOrder(order, doc.get("version", 0))
+def _stored_order_from_document(doc: Mapping[str, Any]) -> StoredOrder:
+    return StoredOrder(ORDER.from_document(doc), doc.get("version", 0))

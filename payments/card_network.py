@@ -11,13 +11,12 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from nameko.extensions import DependencyProvider
 
-from payments.domain import Card
+from payments.domain import Card, ChargeResult, RefundResult
 
 #: Test cards the simulation declines, with the reason it gives.
 DECLINED_CARDS: Mapping[str, str] = MappingProxyType(
@@ -30,20 +29,6 @@ DECLINED_CARDS: Mapping[str, str] = MappingProxyType(
 APPROVED_TEST_CARDS = ("4111111111111111", "5555555555554444")
 #: Idempotency keys the simulation remembers (the oldest are forgotten first).
 REMEMBERED_KEYS = 10_000
-
-
-@dataclass(frozen=True)
-class ChargeResult:
-    """A charge's outcome: ``reference`` names it at the network, ``reason`` why it failed."""
-
-    approved: bool
-    reference: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class RefundResult:
-    reference: str
 
 
 class CardNetwork(Protocol):

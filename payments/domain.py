@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.errors import (
     AmountMismatch,
@@ -26,9 +26,6 @@ from common.errors import (
     ValidationFailed,
 )
 from common.money import cents_to_number, format_cents
-
-if TYPE_CHECKING:
-    from payments.card_network import ChargeResult
 
 CREDIT_CARD = "credit_card"
 PAYMENT_METHODS = (CREDIT_CARD,)
@@ -190,6 +187,23 @@ def validate_card(number: Any, expiry: Any, cvv: Any, today: date) -> Card:
     return Card(number=digits, expiry_month=month, expiry_year=year, cvv=cvv, brand=brand)
 
 
+@dataclass(frozen=True)
+class ChargeResult:
+    """A charge's outcome at the card network: ``reference`` names it there, ``reason``
+    why it failed."""
+
+    approved: bool
+    reference: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """A refund done at the card network."""
+
+    reference: str
+
+
 @dataclass
 class Payment:
     """One charge attempt: ``completed`` or ``failed``; ``refunded`` after a cancel."""
@@ -209,34 +223,6 @@ class Payment:
     #: The charge's idempotency key at the card network (see :func:`network_charge_key`),
     #: by which a charge a dead process left unrecorded is found again.
     network_key: str | None = None
-
-    @classmethod
-    def record_charge(
-        cls,
-        *,
-        payment_id: str,
-        user_id: str,
-        order_id: str,
-        amount_cents: int,
-        card: Card,
-        result: ChargeResult,
-        now: datetime,
-        payment_method: str = CREDIT_CARD,
-    ) -> Payment:
-        """The payment a charge attempt produced, approved or declined."""
-        return cls(
-            id=payment_id,
-            order_id=order_id,
-            user_id=user_id,
-            amount_cents=amount_cents,
-            status=COMPLETED if result.approved else FAILED,
-            payment_method=payment_method,
-            card=card.summary(),
-            created_at=now,
-            updated_at=now,
-            failure_reason=None if result.approved else (result.reason or "declined"),
-            provider_reference=result.reference,
-        )
 
     def settle(self, result: ChargeResult | None, now: datetime) -> Payment:
         """The outcome of this ``processing`` attempt given what the network knows of its

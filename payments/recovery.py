@@ -10,7 +10,7 @@ charge under the attempt's key: approved or declined, it is recorded as the norm
 records it; no charge at all, it fails as ``interrupted`` and the order is payable again.
 Card details are never stored, so nothing is ever charged again from here.
 
-Both are plain classes over a ``PaymentStore``, a ``CardNetwork`` and the outbox
+Both are plain classes over a ``PaymentsStore``, a ``CardNetwork`` and the outbox
 publisher, called by the service's event handlers and timers. Several payments instances
 may run them at once: every write is conditional on the state it expects, and only the
 instance whose write took publishes the events it wrote.
@@ -19,11 +19,11 @@ instance whose write took publishes the events it wrote.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
+from common.clock import Clock
 from common.events import OutboxPublisher
 from payments.card_network import CardNetwork
 from payments.domain import (
@@ -32,7 +32,7 @@ from payments.domain import (
     refund_key,
     refund_retry_delay,
 )
-from payments.store import PaymentStore
+from payments.store import PaymentsStore
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +40,15 @@ log = logging.getLogger(__name__)
 RECOVERY_BATCH = 50
 
 
+@dataclass
 class Refunds:
     """Asks for refunds durably and tries them at the network until they are done."""
 
-    def __init__(
-        self,
-        store: PaymentStore,
-        network: CardNetwork,
-        outbox: OutboxPublisher,
-        now: Callable[[], datetime],
-        first_retry_delay: timedelta,
-    ) -> None:
-        self.store = store
-        self.network = network
-        self.outbox = outbox
-        self.now = now
-        self.first_retry_delay = first_retry_delay
+    store: PaymentsStore
+    network: CardNetwork
+    outbox: OutboxPublisher
+    now: Clock
+    first_retry_delay: timedelta
 
     def request(self, event_id: str, order_id: Any, payment_id: Any) -> None:
         """Refund the completed payment of ``order_id`` that ``event_id`` names, once.
@@ -116,7 +109,7 @@ class Refunds:
             return False
         payment.refund(self.now())
         if self.store.mark_refunded(payment, result.reference, request.event_id):
-            self.outbox.flush(self.store.collection, payment.id)
+            self.outbox.flush(self.store.payments, payment.id)
             log.info(
                 "payment %s of order %s refunded (try %d)",
                 payment.id,
@@ -126,20 +119,14 @@ class Refunds:
         return True
 
 
+@dataclass
 class ChargeReconciliation:
     """Settles the attempts a dead process left ``processing``, from the network's record."""
 
-    def __init__(
-        self,
-        store: PaymentStore,
-        network: CardNetwork,
-        outbox: OutboxPublisher,
-        now: Callable[[], datetime],
-    ) -> None:
-        self.store = store
-        self.network = network
-        self.outbox = outbox
-        self.now = now
+    store: PaymentsStore
+    network: CardNetwork
+    outbox: OutboxPublisher
+    now: Clock
 
     def settle_stale(self, older_than: timedelta, limit: int = RECOVERY_BATCH) -> int:
         """Settle attempts still ``processing`` after ``older_than``; how many were now.
@@ -161,7 +148,7 @@ class ChargeReconciliation:
             payment = attempt.settle(result, self.now())
             if not self.store.finish_attempt(payment):
                 continue  # recorded meanwhile, by its own worker or another instance
-            self.outbox.flush(self.store.collection, payment.id)
+            self.outbox.flush(self.store.payments, payment.id)
             settled += 1
             log.warning(
                 "payment %s of order %s was left processing; settled as %s%s",

@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, post_dump, validate
 
 from common.money import Money
-from common.schema_fields import (
+from common.schemas import (
     PageQuerySchema,
     UtcTimestamp,
 )

@@ -11,7 +11,7 @@ charged, holding two unique claims that the database enforces under any concurre
 The outcome (``completed``/``failed``) and its event are then written in one update; the
 card itself is never stored, only its brand and last four digits. The attempt keeps the
 charge's key at the card network (``networkKey``), so an attempt a dead process left
-``processing`` can be settled by asking the network (:meth:`PaymentStore.stale_attempts`).
+``processing`` can be settled by asking the network (:meth:`PaymentsStore.stale_attempts`).
 
 A refund is first recorded as requested on the completed payment (``refundRequestedAt``,
 ``refundEventId``, ``refundAttempts``, ``refundRetryAt``), then done at the network; until
@@ -21,6 +21,7 @@ A refund is first recorded as requested on the completed payment (``refundReques
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +30,9 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from common.documents import DocumentMapper
 from common.events import apply_once, new_event, with_events
+from common.mongo import Mongo, MongoStore
 from payments.domain import (
     COMPLETED,
     FAILED,
@@ -72,11 +75,12 @@ INDEXES: Mapping[str, list[IndexModel]] = {
 _VISIBLE = {"status": {"$in": list(PAYMENT_STATUSES)}}
 
 
-class PaymentStore:
-    """The payments collection of one service's database."""
+class PaymentsStore(MongoStore):
+    """The payments database, as the service's workers use it."""
 
     def __init__(self, database: Database) -> None:
-        self.collection: Collection = database[PAYMENTS]
+        super().__init__(database)
+        self.payments: Collection = database[PAYMENTS]
 
     def start_attempt(
         self,
@@ -89,14 +93,12 @@ class PaymentStore:
         False when either is taken: another payment of the order is under way or done,
         or this user's key was used (look it up with :meth:`find_by_idempotency_scope`).
         """
-        document = _to_document(payment)
+        document = PAYMENT.to_document(payment)
         document.update(status=PROCESSING, activeOrderId=payment.order_id)
-        if payment.network_key is not None:
-            document.update(networkKey=payment.network_key)
         if idempotency_scope is not None:
             document.update(idempotencyScope=idempotency_scope, fingerprint=fingerprint)
         try:
-            self.collection.insert_one(document)
+            self.payments.insert_one(document)
         except DuplicateKeyError:
             return False
         return True
@@ -107,7 +109,7 @@ class PaymentStore:
         if payment.status == FAILED:
             update["$unset"] = {"activeOrderId": ""}
         event = new_event(*payment.outcome_event(), now=payment.updated_at)
-        result = self.collection.update_one(
+        result = self.payments.update_one(
             {"_id": payment.id, "status": PROCESSING}, with_events(update, event)
         )
         return result.modified_count == 1
@@ -115,28 +117,28 @@ class PaymentStore:
     def stale_attempts(self, started_before: datetime, limit: int) -> list[Payment]:
         """Attempts still ``processing`` that began before ``started_before``, oldest
         first: their process most likely died between the claim and the outcome."""
-        cursor = self.collection.find(
+        cursor = self.payments.find(
             {"status": PROCESSING, "createdAt": {"$lt": started_before}},
             sort=[("createdAt", 1)],
             limit=limit,
         )
-        return [_from_document(document) for document in cursor]
+        return [_payment_from_document(document) for document in cursor]
 
     def find_by_idempotency_scope(self, scope: str) -> tuple[str, Payment] | None:
         """The fingerprint and the payment (maybe still ``processing``) of a used key."""
-        document = self.collection.find_one({"idempotencyScope": scope})
+        document = self.payments.find_one({"idempotencyScope": scope})
         if document is None:
             return None
-        return document.get("fingerprint") or "", _from_document(document)
+        return document.get("fingerprint") or "", _payment_from_document(document)
 
     def get(self, payment_id: str) -> Payment | None:
         """A payment as clients see it (not a ``processing`` attempt)."""
-        document = self.collection.find_one({"_id": payment_id, **_VISIBLE})
-        return None if document is None else _from_document(document)
+        document = self.payments.find_one({"_id": payment_id, **_VISIBLE})
+        return None if document is None else _payment_from_document(document)
 
     def completed_for_order(self, order_id: str) -> Payment | None:
-        document = self.collection.find_one({"orderId": order_id, "status": COMPLETED})
-        return None if document is None else _from_document(document)
+        document = self.payments.find_one({"orderId": order_id, "status": COMPLETED})
+        return None if document is None else _payment_from_document(document)
 
     def page_for_user(
         self, user_id: str, order_id: str | None, page: int, limit: int
@@ -146,13 +148,13 @@ class PaymentStore:
         if order_id is not None:
             query["orderId"] = order_id
         cursor = (
-            self.collection.find(query)
+            self.payments.find(query)
             .sort([("createdAt", DESCENDING), ("_id", DESCENDING)])
             .skip((page - 1) * limit)
             .limit(limit)
         )
-        payments = [_from_document(document) for document in cursor]
-        return payments, self.collection.count_documents(query)
+        payments = [_payment_from_document(document) for document in cursor]
+        return payments, self.payments.count_documents(query)
 
     def request_refund(
         self, payment_id: str, event_id: str, now: datetime, retry_at: datetime
@@ -160,7 +162,7 @@ class PaymentStore:
         """Record that ``event_id`` asked to refund this completed payment, as try 1 with
         the next one due at ``retry_at``; True if it is asked now, False when it was asked
         already (by this or another event) or the payment is not completed."""
-        result = self.collection.update_one(
+        result = self.payments.update_one(
             {"_id": payment_id, "status": COMPLETED, "refundRequestedAt": {"$exists": False}},
             {
                 "$set": {
@@ -175,14 +177,14 @@ class PaymentStore:
 
     def due_refunds(self, now: datetime, limit: int) -> list[RefundRequest]:
         """Requested refunds not done yet whose next try is due, the longest due first."""
-        cursor = self.collection.find(
+        cursor = self.payments.find(
             {"status": COMPLETED, "refundRetryAt": {"$lte": now}},
             sort=[("refundRetryAt", 1)],
             limit=limit,
         )
         return [
             RefundRequest(
-                payment=_from_document(document),
+                payment=_payment_from_document(document),
                 event_id=document["refundEventId"],
                 attempts=document["refundAttempts"],
             )
@@ -194,7 +196,7 @@ class PaymentStore:
     ) -> bool:
         """Take the next try of a due refund, pushing the one after to ``retry_at``; False
         when another instance took it first (it changed ``refundAttempts``)."""
-        result = self.collection.update_one(
+        result = self.payments.update_one(
             {
                 "_id": payment_id,
                 "status": COMPLETED,
@@ -218,51 +220,38 @@ class PaymentStore:
             "$unset": {"refundRetryAt": ""},
         }
         return apply_once(
-            self.collection,
+            self.payments,
             {"_id": payment.id, "status": COMPLETED},
             with_events(update, event),
             event_id,
         )
 
 
+PAYMENT = DocumentMapper(Payment, {"card": DocumentMapper(CardSummary)})
+#: What a charge's outcome sets on its attempt.
+OUTCOME_KEYS = ("status", "failureReason", "providerReference", "updatedAt")
+
+
 def _outcome_fields(payment: Payment) -> dict[str, Any]:
-    return {
-        "status": payment.status,
-        "failureReason": payment.failure_reason,
-        "providerReference": payment.provider_reference,
-        "updatedAt": payment.updated_at,
-    }
+    document = PAYMENT.to_document(payment)
+    return {key: document[key] for key in OUTCOME_KEYS}
 
 
-def _to_document(payment: Payment) -> dict[str, Any]:
-    return {
-        "_id": payment.id,
-        "orderId": payment.order_id,
-        "userId": payment.user_id,
-        "amountCents": payment.amount_cents,
-        "paymentMethod": payment.payment_method,
-        "card": {"brand": payment.card.brand, "last4": payment.card.last4},
-        "createdAt": payment.created_at,
-        **_outcome_fields(payment),
-    }
+def _payment_from_document(document: Mapping[str, Any]) -> Payment:
+    payment = PAYMENT.from_document(document)
+    if payment.network_key is None:
+        # An attempt written before the key was stored: derived as it was made.
+        key = network_charge_key(
+            payment.id, document.get("idempotencyScope"), document.get("fingerprint")
+        )
+        payment = replace(payment, network_key=key)
+    return payment
 
 
-def _from_document(document: Mapping[str, Any]) -> Payment:
-    return Payment(
-        id=document["_id"],
-        order_id=document["orderId"],
-        user_id=document["userId"],
-        amount_cents=document["amountCents"],
-        status=document["status"],
-        payment_method=document["paymentMethod"],
-        card=CardSummary(**document["card"]),
-        created_at=document["createdAt"],
-        updated_at=document["updatedAt"],
-        failure_reason=document.get("failureReason"),
-        provider_reference=document.get("providerReference"),
-        # Attempts written before the key was stored: derived as it was made.
-        network_key=document.get("networkKey")
-        or network_charge_key(
-            document["_id"], document.get("idempotencyScope"), document.get("fingerprint")
-        ),
-    )
+class PaymentsDatabase(Mongo):
+    """``Mongo("payments")`` handing each worker a :class:`PaymentsStore`."""
+
+    store_class = PaymentsStore
+
+    def __init__(self) -> None:
+        super().__init__("payments", indexes=INDEXES)

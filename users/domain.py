@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import argon2
 
@@ -43,12 +43,6 @@ class User:
     password_hash: str
     created_at: datetime
     updated_at: datetime
-
-
-def now_ms() -> datetime:
-    """The current UTC time at the millisecond precision MongoDB stores."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def new_user(

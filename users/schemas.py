@@ -7,8 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from common.errors import ValidationFailed
-from common.schema_fields import UtcTimestamp
+from common.schemas import UtcTimestamp
 from common.tokens import MAX_TOKEN_LENGTH
 from users.domain import (
     CURRENT_PASSWORD_REQUIRED,
@@ -93,11 +92,3 @@ class ProfileSchema(Schema):
     name = fields.String()
     role = fields.String()
     created_at = UtcTimestamp(data_key="createdAt")
-
-
-def load(schema: Schema, body: Any) -> dict[str, Any]:
-    """``schema.load(body)``, or ``ValidationFailed`` naming each bad field (dotted paths)."""
-    try:
-        return schema.load(body)
-    except ValidationError as error:
-        raise ValidationFailed.from_messages(error.messages) from None

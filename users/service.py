@@ -14,6 +14,7 @@ from nameko.rpc import rpc
 from nameko.timer import timer
 
 from common import ops_http
+from common.clock import utc_now
 from common.errors import (
     InvalidCredentials,
     NotFound,
@@ -24,8 +25,9 @@ from common.errors import (
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
+from common.schemas import load
 from common.tokens import REFRESH_TOKEN, REFRESH_TOKEN_TTL, TokenPair
-from users.dependencies import Passwords, UsersAuth, UsersDatabase
+from users.dependencies import Passwords, UsersAuth
 from users.domain import (
     CURRENT_PASSWORD_FIELD,
     CURRENT_PASSWORD_WRONG,
@@ -33,7 +35,6 @@ from users.domain import (
     User,
     check_current_password,
     new_user,
-    now_ms,
     user_registered_data,
 )
 from users.schemas import (
@@ -42,12 +43,11 @@ from users.schemas import (
     RefreshSchema,
     RegisterSchema,
     UpdateProfileSchema,
-    load,
 )
-from users.store import SessionEnd
+from users.store import SessionEnd, UsersDatabase
 
 #: Seconds between two relays of events left in outboxes.
-RELAY_INTERVAL = 5
+OUTBOX_RELAY_SECONDS = 5
 REFRESH_REFUSED = "Refresh token is no longer valid."
 
 
@@ -68,7 +68,7 @@ class UsersService(ops_http.OpsEndpoints):
         """``{email, password, name}`` -> profile; always a customer. ``EmailTaken`` if taken."""
         data = load(RegisterSchema(), body)
         user = new_user(
-            data["email"], data["name"], self.passwords.hash(data["password"]), now_ms()
+            data["email"], data["name"], self.passwords.hash(data["password"]), self.store.now()
         )
         event = new_event(USER_REGISTERED, user_registered_data(user), now=user.created_at)
         self.store.insert_user(user, event)
@@ -94,7 +94,7 @@ class UsersService(ops_http.OpsEndpoints):
             user.id,
             pair.refresh_claims["jti"],
             _at(pair.refresh_claims["exp"]),
-            now_ms(),
+            self.store.now(),
         )
         return pair.as_response()
 
@@ -138,7 +138,7 @@ class UsersService(ops_http.OpsEndpoints):
         if "password" in data:
             check_current_password(self.passwords, user.password_hash, data["current_password"])
             new_hash = self.passwords.hash(data["password"])
-        now = now_ms()
+        now = self.store.now()
         updated = self.store.update_user(
             user.id,
             now,
@@ -161,7 +161,7 @@ class UsersService(ops_http.OpsEndpoints):
         """Answers over the broker; the gateway's /ready asks every service."""
         return health_report(self.name, self.store.database)
 
-    @timer(interval=RELAY_INTERVAL)
+    @timer(interval=OUTBOX_RELAY_SECONDS)
     def relay_events(self) -> None:
         """Publish events a crashed worker left in a user's outbox."""
         self.outbox.relay(self.store.users)
@@ -175,13 +175,18 @@ class UsersService(ops_http.OpsEndpoints):
     def _rotate(self, pair: TokenPair, used_jti: str) -> bool:
         claims = pair.refresh_claims
         return self.store.rotate_session(
-            claims["sid"], claims["sub"], used_jti, claims["jti"], _at(claims["exp"]), now_ms()
+            claims["sid"],
+            claims["sub"],
+            used_jti,
+            claims["jti"],
+            _at(claims["exp"]),
+            self.store.now(),
         )
 
     def _revoke_session(self, session_id: str) -> None:
-        ended = self.store.revoke_session(session_id, now_ms())
+        ended = self.store.revoke_session(session_id, self.store.now())
         # Without a record, revoke for as long as any refresh token of it could live.
-        fallback = datetime.now(UTC) + REFRESH_TOKEN_TTL + timedelta(seconds=1)
+        fallback = utc_now() + REFRESH_TOKEN_TTL + timedelta(seconds=1)
         self._revoke_in_list(ended or SessionEnd(session_id, fallback))
 
     def _revoke_in_list(self, ended: SessionEnd) -> None:

@@ -8,6 +8,7 @@ only the refresh token whose ``jti`` is the session's ``refreshJti`` may be used
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +18,14 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from common.documents import DocumentMapper
 from common.errors import EmailTaken
 from common.events import OUTBOX_FIELD
-from users.domain import User
+from common.mongo import Mongo, MongoStore
+from users.admin import AdminSettings, ensure_admin
+from users.domain import PasswordHasher, User
+
+log = logging.getLogger(__name__)
 
 USERS = "users"
 SESSIONS = "sessions"
@@ -42,40 +48,21 @@ class SessionEnd:
     expires_at: datetime
 
 
-def _user_document(user: User) -> dict[str, Any]:
-    return {
-        "_id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "role": user.role,
-        "passwordHash": user.password_hash,
-        "createdAt": user.created_at,
-        "updatedAt": user.updated_at,
-    }
+USER = DocumentMapper(User)
 
 
-def _user(document: Mapping[str, Any] | None) -> User | None:
-    if document is None:
-        return None
-    return User(
-        id=document["_id"],
-        email=document["email"],
-        name=document["name"],
-        role=document["role"],
-        password_hash=document["passwordHash"],
-        created_at=document["createdAt"],
-        updated_at=document["updatedAt"],
-    )
+def _user_from_document(document: Mapping[str, Any] | None) -> User | None:
+    return None if document is None else USER.from_document(document)
 
 
 _NO_OUTBOX = {OUTBOX_FIELD: 0}
 
 
-class UsersStore:
+class UsersStore(MongoStore):
     """The users database as the service sees it; one per worker."""
 
     def __init__(self, database: Database) -> None:
-        self.database = database
+        super().__init__(database)
         self.users = database[USERS]
         self.sessions = database[SESSIONS]
 
@@ -84,7 +71,7 @@ class UsersStore:
     def insert_user(self, user: User, *events: dict) -> None:
         """Store a new user with its events in its outbox, in one write; ``EmailTaken``
         when the email is registered already (the unique index decides, so a race is safe)."""
-        document = _user_document(user)
+        document = USER.to_document(user)
         document[OUTBOX_FIELD] = list(events)
         try:
             self.users.insert_one(document)
@@ -92,11 +79,11 @@ class UsersStore:
             raise EmailTaken() from None
 
     def get_user(self, user_id: str) -> User | None:
-        return _user(self.users.find_one({"_id": user_id}, _NO_OUTBOX))
+        return _user_from_document(self.users.find_one({"_id": user_id}, _NO_OUTBOX))
 
     def find_by_email(self, email: str) -> User | None:
         """The user with this (already normalised) email."""
-        return _user(self.users.find_one({"email": email}, _NO_OUTBOX))
+        return _user_from_document(self.users.find_one({"email": email}, _NO_OUTBOX))
 
     def update_user(
         self,
@@ -117,7 +104,7 @@ class UsersStore:
         query: dict[str, Any] = {"_id": user_id}
         if expected_hash is not None:
             query["passwordHash"] = expected_hash
-        return _user(
+        return _user_from_document(
             self.users.find_one_and_update(
                 query,
                 {"$set": changes},
@@ -137,7 +124,7 @@ class UsersStore:
         """Store the admin account; False when its email exists already (another instance
         may have won the race at start-up)."""
         try:
-            self.users.insert_one(_user_document(admin))
+            self.users.insert_one(USER.to_document(admin))
         except DuplicateKeyError:
             return False
         return True
@@ -215,3 +202,28 @@ class UsersStore:
                 {"$set": {"revoked": True, "updatedAt": now}},
             )
         return [SessionEnd(document["_id"], document["expiresAt"]) for document in live]
+
+
+class UsersDatabase(Mongo):
+    """``Mongo("users")`` handing each worker a :class:`UsersStore`; ensures the admin
+    account (:mod:`users.admin`) when the container starts."""
+
+    store_class = UsersStore
+
+    def __init__(self) -> None:
+        super().__init__("users", indexes=INDEXES, tz_aware=True)
+
+    def setup(self) -> None:
+        super().setup()
+        self.admin = AdminSettings.read(self.container.config)
+
+    def start(self) -> None:
+        super().start()
+        store = UsersStore(self.database)
+        try:
+            ensure_admin(
+                store, self.admin.email, self.admin.password, PasswordHasher(), store.now()
+            )
+        except BaseException:
+            self._close()
+            raise

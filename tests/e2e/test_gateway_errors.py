@@ -172,6 +172,18 @@ def bad_tokens(api) -> dict[str, dict[str, str]]:
 @REDIS_ONLY
 @pytest.mark.parametrize("api_config", [{"LOGIN_RATE_LIMIT_PER_MINUTE": 2}])
 def test_routing_then_authentication_then_roles_come_before_any_body_or_state(api, shop_config):
+    """One scenario in named steps: a failure's traceback names the step that broke."""
+    _unknown_paths_are_404_and_wrong_methods_405(api)
+    _operations_endpoints_answer_with_the_request_id(api)
+    _a_bad_token_is_401_on_every_protected_route(api)
+    customer, _ = api.customer()
+    admin = admin_token(api, shop_config)
+    _a_customer_is_403_on_every_admin_route(api, customer)
+    _checks_come_in_the_contracts_order(api, customer, admin)
+    _logins_are_limited_per_account(api, shop_config)
+
+
+def _unknown_paths_are_404_and_wrong_methods_405(api):
     for method, path in UNKNOWN_PATHS:
         assert_error(api(method, path), 404, "NOT_FOUND")
         assert_error(api(method, path, headers={"Authorization": "Bearer x"}), 404, "NOT_FOUND")
@@ -182,22 +194,28 @@ def test_routing_then_authentication_then_roles_come_before_any_body_or_state(ap
         assert body["details"]["allowed"] == allowed, (method, path)
         assert response[1]["Allow"] == ", ".join(allowed), (method, path)
 
+
+def _operations_endpoints_answer_with_the_request_id(api):
     for path, content_type in OPERATIONS:
         status, headers, _ = get(api, path, {"X-Request-ID": "ops-check-1"})
         assert status == 200 and headers["Content-Type"].startswith(content_type), path
         assert headers["X-Request-ID"] == "ops-check-1", path
 
+
+def _a_bad_token_is_401_on_every_protected_route(api):
     for kind, headers in bad_tokens(api).items():
         for method, path in PROTECTED_ROUTES:
             response = api(method, path, headers=headers)
             assert response[0] == 401, (kind, method, path, response[2])
             assert_error(response, 401, "UNAUTHORIZED")
 
-    customer, _ = api.customer()
-    admin = admin_token(api, shop_config)
+
+def _a_customer_is_403_on_every_admin_route(api, customer):
     for method, path in ADMIN_ROUTES:
         assert_error(api(method, path, {"name": "x"}, token=customer), 403, "FORBIDDEN")
 
+
+def _checks_come_in_the_contracts_order(api, customer, admin):
     order_of_checks = [
         # (what it shows, (method, path, body, token, raw body), status, code)
         ("401 before 400", ("POST", "/api/orders", None, None, b"{{"), 401, "UNAUTHORIZED"),
@@ -240,6 +258,8 @@ def test_routing_then_authentication_then_roles_come_before_any_body_or_state(ap
     for method, path, body, token, fields in body_before_state:
         assert_error(api(method, path, body, token=token), 422, "VALIDATION_ERROR", fields)
 
+
+def _logins_are_limited_per_account(api, shop_config):
     # Logins are limited per account (e-mail in any case); another account is not held up.
     # Five tries against a limit of two: even if a one-minute window ends among them, one
     # window holds three, so at least one is refused. The right password counts too.
@@ -268,6 +288,14 @@ def test_routing_then_authentication_then_roles_come_before_any_body_or_state(ap
 
 @REDIS_ONLY
 def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edits(api):
+    """One scenario in named steps: a failure's traceback names the step that broke."""
+    email, user = _registration_refuses_bad_bodies_and_taken_emails(api)
+    access, refresh = _login_refuses_bad_credentials(api, email)
+    _refresh_refuses_anything_but_a_live_refresh_token(api, user, access, refresh)
+    _profile_edits_refuse_bad_fields_and_a_new_password_needs_the_current(api, email, access)
+
+
+def _registration_refuses_bad_bodies_and_taken_emails(api):
     email = f"Mixed-{uuid.uuid4().hex[:6]}@Example.COM"
     fresh = f"fresh-{uuid.uuid4().hex[:6]}@example.com"
     for body, fields in [
@@ -305,7 +333,10 @@ def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edit
         assert response[2]["role"] == "customer"
     else:
         assert_error(response, 422, "VALIDATION_ERROR", {"role"})
+    return email, user
 
+
+def _login_refuses_bad_credentials(api, email):
     for body, status, code, fields in [
         ({"email": email, "password": "wrong-password"}, 401, "INVALID_CREDENTIALS", None),
         ({"email": f"x{email}", "password": "password123"}, 401, "INVALID_CREDENTIALS", None),
@@ -317,7 +348,10 @@ def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edit
     assert tokens["tokenType"] == "Bearer"
     assert isinstance(tokens["expiresIn"], int) and 60 <= tokens["expiresIn"] <= 24 * 3600
     access, refresh = tokens["accessToken"], tokens["refreshToken"]
+    return access, refresh
 
+
+def _refresh_refuses_anything_but_a_live_refresh_token(api, user, access, refresh):
     expired_refresh = TokenIssuer(
         TEST_JWT_SECRET, clock=lambda: datetime.now(UTC) - timedelta(days=30)
     ).issue_pair(user["id"], "customer")
@@ -331,6 +365,8 @@ def test_users_routes_refuse_bad_registrations_logins_refreshes_and_profile_edit
         assert_error(api("POST", "/api/users/refresh", body), status, code, fields)
     assert api("POST", "/api/users/refresh", {"refreshToken": refresh})[0] == 200
 
+
+def _profile_edits_refuse_bad_fields_and_a_new_password_needs_the_current(api, email, access):
     for body, fields in [
         ({"password": "1234567", "currentPassword": "password123"}, {"password"}),
         ({"password": "new-password-1"}, {"currentPassword"}),
@@ -448,6 +484,7 @@ def test_products_and_every_list_check_their_inputs(api, shop_config):
 
 @REDIS_ONLY
 def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api, shop_config):
+    """One scenario in named steps: a failure's traceback names the step that broke."""
     alice, _ = api.customer()
     bob, _ = api.customer()
     admin = admin_token(api, shop_config)
@@ -457,7 +494,22 @@ def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api,
     )
     assert status == 201
 
-    one = [{"productId": "product-1", "quantity": 1}]
+    _orders_refuse_bad_bodies(api, alice)
+    _an_order_holds_all_its_stock_or_none(api, alice, scarce)
+    order = _a_placed_order_is_the_contract_shape_and_holds_its_stock(api, alice, bob, scarce)
+    path = f"/api/orders/{order['id']}"
+    _an_order_edit_re_reserves_all_or_nothing(api, alice, path, order, scarce)
+    _someone_elses_order_does_not_exist_for_them(api, alice, bob, admin, path, order)
+    _a_cancelled_order_gives_its_stock_back_and_stays_cancelled(
+        api, alice, admin, path, order, scarce
+    )
+
+
+ONE = [{"productId": "product-1", "quantity": 1}]
+
+
+def _orders_refuse_bad_bodies(api, alice):
+    one = ONE
     for body, fields in [
         ({"shippingAddress": ADDRESS}, {"items"}),
         ({"items": [], "shippingAddress": ADDRESS}, {"items"}),
@@ -488,6 +540,9 @@ def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api,
     ]:  # fmt: skip
         assert_error(api("POST", "/api/orders", body, token=alice), 422, "VALIDATION_ERROR", fields)
 
+
+def _an_order_holds_all_its_stock_or_none(api, alice, scarce):
+    one = ONE
     # All or nothing: product-1 is not held when the scarce line cannot be.
     before = stock_of(api, "product-1")
     error = assert_error(
@@ -515,6 +570,8 @@ def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api,
         {"items.0.price"},
     )  # fmt: skip
 
+
+def _a_placed_order_is_the_contract_shape_and_holds_its_stock(api, alice, bob, scarce):
     order = place_order(api, alice, [{"productId": scarce, "quantity": 2, "price": 5}])
     assert set(order) == ORDER_KEYS and set(order["items"][0]) == ORDER_LINE_KEYS
     assert order["items"][0] == {
@@ -532,8 +589,10 @@ def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api,
         409,
         "INSUFFICIENT_STOCK",
     )
+    return order
 
-    path = f"/api/orders/{order['id']}"
+
+def _an_order_edit_re_reserves_all_or_nothing(api, alice, path, order, scarce):
     for body, fields in [
         ({}, {"_schema"}),
         ({"items": []}, {"items"}),
@@ -558,7 +617,9 @@ def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api,
     assert status == 200 and changed["total"] == 5 and changed["shippingAddress"]["city"] == "Busan"
     assert stock_of(api, scarce) == 1  # the difference went back
 
-    # Someone else's order does not exist for them; an admin sees every order.
+
+def _someone_elses_order_does_not_exist_for_them(api, alice, bob, admin, path, order):
+    # An admin sees every order.
     for method, body in [("GET", None), ("PATCH", {"shippingAddress": ADDRESS}), ("POST", None)]:
         target = path + "/cancel" if method == "POST" else path
         assert_error(api(method, target, body, token=bob), 404, "NOT_FOUND")
@@ -568,6 +629,11 @@ def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api,
     _, _, everyone = api("GET", "/api/orders?limit=100", token=admin)
     assert order["id"] in {o["id"] for o in everyone["items"]}
 
+
+def _a_cancelled_order_gives_its_stock_back_and_stays_cancelled(
+    api, alice, admin, path, order, scarce
+):
+    one = ONE
     other = place_order(api, alice)
     status, _, cancelled = api("POST", path + "/cancel", token=alice)
     assert status == 200 and cancelled["status"] == "cancelled"
@@ -587,10 +653,21 @@ def test_orders_refuse_bad_items_keep_stock_all_or_nothing_and_stay_private(api,
 
 
 def test_payments_refuse_bad_cards_and_orders_and_drive_the_order_lifecycle(api, shop_config):
+    """One scenario in named steps: a failure's traceback names the step that broke."""
     alice, _ = api.customer()
     bob, _ = api.customer()
     admin = admin_token(api, shop_config)
     order = place_order(api, alice)
+    _payments_refuse_bad_cards(api, alice, order)
+    bobs = _payments_refuse_orders_they_cannot_pay(api, alice, bob, order)
+    payment = _a_payment_pays_the_order_and_only_its_payer_sees_it(
+        api, alice, bob, admin, order, bobs
+    )
+    _an_admin_ships_then_delivers_a_paid_order(api, alice, admin, order)
+    _a_paid_order_cancelled_gives_its_stock_back_and_is_refunded(api, alice, payment)
+
+
+def _payments_refuse_bad_cards(api, alice, order):
     for body, code, fields in [
         (payment_for(order, {"number": "1234"}), "VALIDATION_ERROR", {"cardDetails.number"}),
         (payment_for(order, {"number": "4111abcd11111111"}), "VALIDATION_ERROR",
@@ -615,6 +692,8 @@ def test_payments_refuse_bad_cards_and_orders_and_drive_the_order_lifecycle(api,
     ]:  # fmt: skip
         assert_error(api("POST", "/api/payments", body, token=alice), 422, code, fields)
 
+
+def _payments_refuse_orders_they_cannot_pay(api, alice, bob, order):
     bobs = place_order(api, bob)
     cancelled = place_order(api, alice)
     assert api("POST", f"/api/orders/{cancelled['id']}/cancel", token=alice)[0] == 200
@@ -627,7 +706,10 @@ def test_payments_refuse_bad_cards_and_orders_and_drive_the_order_lifecycle(api,
         assert_error(api("POST", "/api/payments", body, token=alice), status, code)
     _, _, history = api("GET", "/api/payments", token=alice)
     assert history["items"] == [] and history["total"] == 0  # nothing was attempted
+    return bobs
 
+
+def _a_payment_pays_the_order_and_only_its_payer_sees_it(api, alice, bob, admin, order, bobs):
     pending_path = f"/api/orders/{order['id']}"
     assert_error(
         api("PATCH", pending_path, {"status": "shipped"}, token=admin), 409, "ORDER_NOT_MODIFIABLE"
@@ -647,7 +729,11 @@ def test_payments_refuse_bad_cards_and_orders_and_drive_the_order_lifecycle(api,
     assert_error(api("GET", f"/api/payments/{payment['id']}", token=bob), 404, "NOT_FOUND")
     assert api("GET", f"/api/payments/{payment['id']}", token=alice)[2] == payment
     assert api("GET", f"/api/payments?orderId={bobs['id']}", token=alice)[2]["items"] == []
+    return payment
 
+
+def _an_admin_ships_then_delivers_a_paid_order(api, alice, admin, order):
+    pending_path = f"/api/orders/{order['id']}"
     # paid -> shipped -> delivered, by an admin and only in that order.
     for body, status, code, fields in [
         ({"status": "delivered"}, 409, "ORDER_NOT_MODIFIABLE", None),
@@ -674,6 +760,8 @@ def test_payments_refuse_bad_cards_and_orders_and_drive_the_order_lifecycle(api,
         api("PATCH", pending_path, {"status": "shipped"}, token=admin), 409, "ORDER_NOT_MODIFIABLE"
     )
 
+
+def _a_paid_order_cancelled_gives_its_stock_back_and_is_refunded(api, alice, payment):
     # paid -> cancelled: the stock comes back and the payment is refunded.
     before = stock_of(api, "product-1")
     refunded_order = place_order(api, alice, [{"productId": "product-1", "quantity": 3}])

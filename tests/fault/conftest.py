@@ -25,7 +25,11 @@ from devtools.embedded import EmbeddedMongo, EmbeddedRedis, free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("users", "orders", "payments")
 #: Tries for the tests: 4 in all, 0.2 s then doubling to 1 s (the default is 8, 1 s to 60 s).
-FAULT_RETRY = {"attempts": 4, "first_delay_seconds": 0.2, "max_delay_seconds": 1}
+FAULT_RETRY = {
+    "EVENT_RETRY_ATTEMPTS": 4,
+    "EVENT_RETRY_FIRST_DELAY_SECONDS": 0.2,
+    "EVENT_RETRY_MAX_DELAY_SECONDS": 1,
+}
 ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
 CARD = {"number": "4111111111111111", "expiry": "12/30", "cvv": "123"}
 
@@ -77,7 +81,7 @@ class Stack:
                 "MONGO_DATABASES": self.databases,
                 "MONGO_CONNECT_TIMEOUT_MS": 1000,
                 "SHOP_ENV": "test",
-                "EVENT_RETRY": FAULT_RETRY,
+                **FAULT_RETRY,
                 "PAYMENTS_RECOVERY_SECONDS": 0.5,
                 "PAYMENTS_REFUND_RETRY_SECONDS": 0.5,
                 "OPS_HTTP_ADDRESSES": {

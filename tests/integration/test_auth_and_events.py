@@ -114,7 +114,8 @@ def test_a_revoked_token_or_session_is_refused_everywhere(run_services, rpc, tok
     guarded, _ = run_services(Guarded, Peer)
     pair = tokens.issue_pair("user-2", "customer")
     other = tokens.issue_pair("user-2", "customer")
-    revocations = next(ext for ext in guarded.extensions if isinstance(ext, Auth)).revocations
+    auth = next(ext for ext in guarded.extensions if isinstance(ext, Auth))
+    revocations = auth.authentication.revocations
     revocations.revoke_token(pair.access_claims["jti"], pair.access_claims["exp"])
     with rpc(pair.access_token) as proxy:
         with pytest.raises(Unauthorized, match="revoked"):

@@ -22,7 +22,11 @@ from common.mongo import Mongo
 from tests.support import wait_for
 
 #: Fast tries for tests: 3 in all, 0.2 s then 0.4 s apart.
-TEST_RETRY = {"attempts": 3, "first_delay_seconds": 0.2, "max_delay_seconds": 1}
+TEST_RETRY = {
+    "EVENT_RETRY_ATTEMPTS": 3,
+    "EVENT_RETRY_FIRST_DELAY_SECONDS": 0.2,
+    "EVENT_RETRY_MAX_DELAY_SECONDS": 1,
+}
 
 
 class Flaky(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
@@ -50,9 +54,7 @@ class Flaky(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
 @pytest.fixture
 def flaky(broker, mongo_uri, mongo_client):
     database = f"test_{uuid.uuid4().hex[:8]}_flaky"
-    config = broker.config(
-        MONGO_URI=mongo_uri, MONGO_DATABASES={"flaky": database}, EVENT_RETRY=TEST_RETRY
-    )
+    config = broker.config(MONGO_URI=mongo_uri, MONGO_DATABASES={"flaky": database}, **TEST_RETRY)
     container = ServiceContainer(Flaky, config)
     container.start()
     yield config, mongo_client[database], container

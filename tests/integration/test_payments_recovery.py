@@ -4,7 +4,7 @@ Real users, orders and two payments instances (both running the recovery timers,
 production would) over both brokers and the Mongo-wire server. The instances share one
 simulated card network, as they would share a real one; it can be told to fail refunds.
 A process that died after claiming an order is simulated by writing its attempt straight
-through ``PaymentStore``, with or without the charge it made at the network.
+through ``PaymentsStore``, with or without the charge it made at the network.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from payments.domain import (
 )
 from payments.schemas import ProcessPaymentSchema
 from payments.service import PaymentsService
-from payments.store import PaymentStore
+from payments.store import PaymentsStore
 from tests.integration.test_payments_service import EVENTS, EventLog
 from tests.support import wait_for
 from users.service import UsersService
@@ -112,7 +112,7 @@ def shop(run_services, rpc, shop_config, mongo_client):
 
     class Shop:
         network = NETWORK
-        store = PaymentStore(mongo_client[databases["payments"]])
+        store = PaymentsStore(mongo_client[databases["payments"]])
         orders = mongo_client[databases["orders"]].orders
         secret = shop_config["IDEMPOTENCY_SECRET"]
 
@@ -159,7 +159,7 @@ def test_a_refund_the_network_fails_is_retried_until_done_exactly_once(shop):
     assert len(set(shop.network.refund_references)) == 1  # one refund at the network
     assert len(events_of("payment_refunded", paid["id"])) == 1
     assert len(shop.orders.find_one({"_id": order["id"]})["refunds"]) == 1
-    stored = shop.store.collection.find_one({"_id": paid["id"]})
+    stored = shop.store.payments.find_one({"_id": paid["id"]})
     assert (stored["status"], stored["outbox"]) == ("refunded", [])
     assert "refundRetryAt" not in stored and stored["refundAttempts"] >= 3
 

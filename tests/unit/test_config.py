@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.auth import AuthSettings
 from common.config import ConfigLoader, load_config, merge_config
+from common.event_handlers import EventRetrySettings
+from common.mongo import Mongo, MongoSettings
+from common.settings import Settings, SettingsProvider
+from gateway.edge import GatewaySettings
+from orders.service import OrdersSettings
+from payments.service import PaymentsSettings
+from users.admin import AdminSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_VARS = (
@@ -28,6 +36,20 @@ CONFIG_VARS = (
     "ORDERS_DB",
     "PAYMENTS_DB",
     "GATEWAY_ADDRESS",
+    "JWT_SECRET",
+    "ORDER_RESERVATION_MINUTES",
+    "RATE_LIMIT_PER_MINUTE",
+)
+
+#: Every declaration of settings the services and the gateway read.
+DECLARATIONS = (
+    AuthSettings,
+    MongoSettings,
+    GatewaySettings,
+    AdminSettings,
+    OrdersSettings,
+    PaymentsSettings,
+    EventRetrySettings,
 )
 
 TRICKY = textwrap.dedent(
@@ -67,16 +89,21 @@ with open(sys.argv[1]) as f:
 
 def use_environ(monkeypatch: pytest.MonkeyPatch, extra: dict[str, str]) -> dict[str, str]:
     """Unset every variable the configs mention, set ``extra``; return the environment."""
-    names = set(CONFIG_VARS) | {
-        "PLAIN_VAR",
-        "NUMBER_VAR",
-        "FLOAT_VAR",
-        "FLAG_VAR",
-        "LIST_VAR",
-        "URL_VAR",
-        "ADDR_VAR",
-        "UNSET_VAR_WITHOUT_DEFAULT",
-    }
+    declared = {setting.key for d in DECLARATIONS for setting in d.declared()}
+    names = (
+        set(CONFIG_VARS)
+        | declared
+        | {
+            "PLAIN_VAR",
+            "NUMBER_VAR",
+            "FLOAT_VAR",
+            "FLAG_VAR",
+            "LIST_VAR",
+            "URL_VAR",
+            "ADDR_VAR",
+            "UNSET_VAR_WITHOUT_DEFAULT",
+        }
+    )
     for name in names:
         monkeypatch.delenv(name, raising=False)
     for name, value in extra.items():
@@ -122,13 +149,13 @@ def test_repository_config_defaults(monkeypatch):
     use_environ(monkeypatch, {})
     config = load_config(REPO_ROOT / "config.yml")
     assert config["AMQP_URI"] == "redis://127.0.0.1:6379/0"
-    assert config["MONGO_URI"] == "mongodb://127.0.0.1:27017"
-    assert config["MONGO_CONNECT_TIMEOUT_MS"] == 3000
-    assert config["MONGO_DATABASES"] == {
-        "users": "shop_users",
-        "orders": "shop_orders",
-        "payments": "shop_payments",
-    }
+    mongo = MongoSettings.read(config)
+    assert (mongo.uri, mongo.connect_timeout_ms) == ("mongodb://127.0.0.1:27017", 3000)
+    for service in ("users", "orders", "payments"):
+        provider = Mongo(service)
+        provider.container = type("Container", (), {"config": config})()
+        provider.setup()
+        assert provider.database_name == f"shop_{service}"
     assert config["WEB_SERVER_ADDRESS"] == "0.0.0.0:3000"
     assert config["OPS_HTTP_ADDRESSES"] == {
         "users": "0.0.0.0:3001",
@@ -188,3 +215,60 @@ def test_global_safe_loader_is_left_alone():
     )
     assert result.stdout.strip() == "${X:1}"
     assert issubclass(ConfigLoader, yaml.SafeLoader)
+
+
+@pytest.mark.parametrize("declaration", DECLARATIONS, ids=lambda d: d.__name__)
+def test_the_repository_config_maps_every_declared_setting_and_repeats_no_default(
+    declaration, monkeypatch
+):
+    use_environ(monkeypatch, {})
+    config = load_config(REPO_ROOT / "config.yml")
+    text = (REPO_ROOT / "config.yml").read_text()
+    for setting in declaration.declared():
+        assert setting.key in config, f"{setting.key} is not mapped in config.yml"
+        if not isinstance(setting.default, dict):
+            assert f"${{{setting.key}}}" in text, f"{setting.key} repeats its default"
+    # Unset, every one reads as its declared default.
+    settings = declaration.read(config)
+    assert {s.key: settings.values[s.key] for s in declaration.declared()} == {
+        s.key: s.default for s in declaration.declared()
+    }
+
+
+def test_the_environment_sets_a_declared_setting(monkeypatch):
+    use_environ(monkeypatch, {"ORDER_RESERVATION_MINUTES": "2.5", "JWT_SECRET": "123"})
+    config = load_config(REPO_ROOT / "config.yml")
+    assert OrdersSettings.read(config).reservation_minutes == 2.5
+    assert AuthSettings.read(config).jwt_secret == "123"  # raw: a secret stays text
+
+
+def test_a_wrong_value_stops_the_start_naming_its_key(monkeypatch):
+    use_environ(monkeypatch, {"RATE_LIMIT_PER_MINUTE": "lots"})
+    config = load_config(REPO_ROOT / "config.yml")
+    with pytest.raises(ValueError, match="RATE_LIMIT_PER_MINUTE must be a number"):
+        GatewaySettings.read(config)
+
+
+def test_the_settings_provider_reads_once_at_setup_and_hands_every_worker_the_values():
+    class Container:
+        config = {"ORDER_RESERVATION_MINUTES": 3}
+
+    provider = SettingsProvider(OrdersSettings)
+    provider.container = Container()
+    provider.setup()
+    Container.config = {"ORDER_RESERVATION_MINUTES": 4}
+    first, second = provider.get_dependency(None), provider.get_dependency(None)
+    assert first is second and first.reservation_minutes == 3
+
+
+def test_secrets_are_not_shown_in_a_settings_repr():
+    assert "s3cret-value" not in repr(AuthSettings.read({"JWT_SECRET": "s3cret-value"}))
+    assert isinstance(AuthSettings.read({}), Settings)
+
+
+def test_docs_configuration_lists_every_declared_setting():
+    page = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    for declaration in DECLARATIONS:
+        assert f"`{declaration.__name__}`" in page
+        for setting in declaration.declared():
+            assert f"| `{setting.key}` |" in page, f"{setting.key} is missing"

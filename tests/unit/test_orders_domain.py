@@ -1,22 +1,22 @@
 import itertools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from marshmallow import ValidationError
 
-from common.errors import OrderNotModifiable, PriceMismatch, ValidationFailed, flatten_messages
+from common.errors import OrderNotModifiable, PriceMismatch, ValidationFailed
 from orders.domain import (
     DEMO_CATALOG,
     ORDER_STATUSES,
     Address,
+    HoldChange,
     Order,
     OrderLine,
     Product,
     RequestedItem,
+    hold_changes,
     insufficient_stock,
     price_lines,
-    reservation_delta,
 )
 from orders.schemas import (
     CreateOrderSchema,
@@ -28,15 +28,15 @@ from orders.schemas import (
     UpdateOrderSchema,
     UpdateProductSchema,
 )
+from tests.support import ADDRESS, NOW, an_order
+from tests.support import schema_errors as _errors
 
-NOW = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
 CATALOG = {
     "product-1": Product("product-1", "Wireless Mouse", 2999, 10),
     "product-2": Product("product-2", "Keyboard", 8950, 10),
     "product-3": Product("product-3", "Cable", 999, 10),
 }
-ADDRESS = Address(street="123 Main St", city="Seoul", zip_code="12345")
 
 #: The contract's moves, written out independently of orders.domain.TRANSITIONS.
 LEGAL_MOVES = {
@@ -50,16 +50,7 @@ LEGAL_MOVES = {
 
 
 def _order(status="pending", items=None):
-    priced = price_lines(items or [RequestedItem("product-1", 2)], CATALOG)
-    order = Order.place(
-        order_id="order-1",
-        user_id="user-1",
-        priced=priced,
-        shipping_address=ADDRESS,
-        now=NOW,
-    )
-    order.status = status
-    return order
+    return an_order(status, price_lines(items or [RequestedItem("product-1", 2)], CATALOG).lines)
 
 
 def _move(order, target, now):
@@ -182,11 +173,15 @@ def test_admin_cannot_make_other_moves(source, target):
 
 def test_pending_order_items_and_address_change():
     order = _order(items=[RequestedItem("product-1", 2), RequestedItem("product-2", 1)])
-    delta = order.replace_items(
+    changes = order.replace_items(
         price_lines([RequestedItem("product-1", 1), RequestedItem("product-3", 4)], CATALOG),
         LATER,
     )
-    assert delta == {"product-1": -1, "product-2": -1, "product-3": 4}
+    assert changes == [
+        HoldChange("product-1", 2, 1),
+        HoldChange("product-2", 1, 0),
+        HoldChange("product-3", 0, 4),
+    ]
     assert order.total_cents == 2999 + 4 * 999
     assert order.updated_at == LATER
     new_address = Address("1 Other St", "Busan", "54321")
@@ -259,16 +254,24 @@ def test_price_lines_keeps_the_list_invariants(items):
         price_lines(items, CATALOG)
 
 
-def test_reservation_delta():
+def test_hold_changes_name_each_product_whose_quantity_moves_in_product_order():
     one = OrderLine("product-1", "Mouse", 1, 2999)
     three = OrderLine("product-1", "Mouse", 3, 2999)
     cable = OrderLine("product-3", "Cable", 2, 999)
-    assert reservation_delta([], [cable, one]) == {"product-1": 1, "product-3": 2}
-    assert list(reservation_delta([], [cable, one])) == ["product-1", "product-3"]
-    assert reservation_delta([one, cable], []) == {"product-1": -1, "product-3": -2}
-    assert reservation_delta([one], [three]) == {"product-1": 2}
-    assert reservation_delta([three], [one, cable]) == {"product-1": -2, "product-3": 2}
-    assert reservation_delta([one, cable], [cable, one]) == {}
+    assert hold_changes([], [cable, one]) == [
+        HoldChange("product-1", 0, 1),
+        HoldChange("product-3", 0, 2),
+    ]
+    assert hold_changes([one, cable], []) == [
+        HoldChange("product-1", 1, 0),
+        HoldChange("product-3", 2, 0),
+    ]
+    assert hold_changes([one], [three]) == [HoldChange("product-1", 1, 3)]
+    assert hold_changes([three], [cable, one]) == [
+        HoldChange("product-1", 3, 1),
+        HoldChange("product-3", 0, 2),
+    ]
+    assert hold_changes([one, cable], [cable, one]) == []
 
 
 def test_insufficient_stock_message():
@@ -293,12 +296,6 @@ DESIGN_DOC_ORDER = {
     "items": [{"productId": "product-1", "quantity": 2, "price": 29.99}],
     "shippingAddress": {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"},
 }
-
-
-def _errors(schema, data):
-    with pytest.raises(ValidationError) as caught:
-        schema.load(data)
-    return flatten_messages(caught.value.messages)
 
 
 def test_the_design_document_order_loads_into_domain_objects():
@@ -395,9 +392,9 @@ def test_order_dump_is_the_contract_shape():
         ],
         "total": 59.98,
         "shippingAddress": {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"},
-        "createdAt": "2026-11-03T09:00:00.000Z",
-        "updatedAt": "2026-11-03T09:05:00.000Z",
-        "expiresAt": "2026-11-03T09:15:00.000Z",
+        "createdAt": "2026-11-15T10:30:00.000Z",
+        "updatedAt": "2026-11-15T10:35:00.000Z",
+        "expiresAt": "2026-11-15T10:45:00.000Z",
     }
     assert '"total": 59.98' in json.dumps(dumped)
 

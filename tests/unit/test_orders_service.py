@@ -17,8 +17,9 @@ from common.errors import (
     ValidationFailed,
 )
 from common.events import new_event
-from orders.domain import Address, Order, OrderLine, PricedLines, Product
-from orders.service import SAVE_ATTEMPTS, OrdersService
+from common.mongo import MongoStore
+from orders.domain import Address, HoldChange, Order, OrderLine, PricedLines, Product
+from orders.service import SAVE_ATTEMPTS, OrdersService, OrdersSettings
 from orders.store import StoredOrder
 
 ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
@@ -32,7 +33,9 @@ def caller(user_id="alice", role="customer"):
 
 @pytest.fixture
 def service():
-    service = worker_factory(OrdersService, config={"ORDER_RESERVATION_MINUTES": 0.5})
+    settings = OrdersSettings.read({"ORDER_RESERVATION_MINUTES": 0.5})
+    service = worker_factory(OrdersService, settings=settings)
+    service.store.now.side_effect = MongoStore.now
     service.auth.require.return_value = caller()
     service.auth.require_admin.side_effect = Forbidden("Admins only.")
     service.store.find_products.return_value = {MOUSE.id: MOUSE}
@@ -209,8 +212,8 @@ def test_a_delivered_order_cannot_be_cancelled(service):
 def test_changing_items_re_reserves_through_the_store(service):
     service.store.get_order.return_value = stored("pending")
     result = service.update_order("order-1", {"items": [{"productId": "product-1", "quantity": 5}]})
-    (saved, old_lines), _ = service.store.save_items.call_args
-    assert [line.quantity for line in old_lines] == [2]
+    (saved, changes), _ = service.store.save_items.call_args
+    assert changes == [HoldChange("product-1", 2, 5)]
     assert [line.quantity for line in saved.order.items] == [5]
     assert result["total"] == 149.95
 

@@ -1,10 +1,9 @@
 import dataclasses
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from marshmallow import ValidationError
 
 from common.errors import (
     AmountMismatch,
@@ -13,13 +12,13 @@ from common.errors import (
     OrderAlreadyPaid,
     OrderNotPayable,
     ValidationFailed,
-    flatten_messages,
 )
-from payments.card_network import CardNetwork, ChargeResult, SimulatedCardNetwork
+from payments.card_network import CardNetwork, SimulatedCardNetwork
 from payments.domain import (
+    PROCESSING,
     Card,
     CardSummary,
-    Payment,
+    ChargeResult,
     detect_brand,
     ensure_amount_matches,
     ensure_payable,
@@ -33,12 +32,11 @@ from payments.domain import (
     validate_idempotency_key,
 )
 from payments.schemas import PaymentListQuerySchema, PaymentSchema, ProcessPaymentSchema
+from tests.support import DECLINED, NOW, VISA, a_card, a_payment
+from tests.support import schema_errors as _errors
 
 TODAY = date(2026, 11, 15)
-NOW = datetime(2026, 11, 15, 10, 30, tzinfo=UTC)
-VISA = "4111111111111111"
 MASTERCARD = "5555555555554444"
-DECLINED = "4000000000000002"
 AMEX = "378282246310005"
 
 
@@ -177,7 +175,7 @@ def test_messages_never_repeat_the_card():
 
 
 def _card(number):
-    return validate_card(number, "12/30", "123", TODAY)
+    return a_card(number, today=TODAY)
 
 
 def test_simulated_network_approves_and_declines_the_test_cards():
@@ -221,15 +219,9 @@ def test_simulated_network_finds_a_charge_by_its_key_only_once_made():
 
 
 def _payment(result, number=VISA):
-    return Payment.record_charge(
-        payment_id="payment-1",
-        user_id="user-1",
-        order_id="order-1",
-        amount_cents=5998,
-        card=validate_card(number, "12/30", "123", TODAY),
-        result=result,
-        now=NOW,
-    )
+    """The payment an attempt with this card becomes once the network answers ``result``."""
+    card = _card(number).summary()
+    return a_payment(PROCESSING, id="payment-1", card=card).settle(result, NOW)
 
 
 def test_an_approved_charge_is_a_completed_payment_keeping_brand_and_last4():
@@ -260,21 +252,8 @@ def test_refund_once():
         _payment(ChargeResult(approved=False, reason="x"), DECLINED).refund(NOW)
 
 
-def _attempt(**fields):
-    values = dict(
-        id="payment-1",
-        order_id="order-1",
-        user_id="user-1",
-        amount_cents=5998,
-        status="processing",
-        payment_method="credit_card",
-        card=CardSummary("visa", "1111"),
-        created_at=NOW,
-        updated_at=NOW,
-        network_key="net-key-1",
-    )
-    values.update(fields)
-    return Payment(**values)
+def _attempt(status=PROCESSING, **fields):
+    return a_payment(status, id="payment-1", network_key="net-key-1", **fields)
 
 
 LATER = NOW + timedelta(minutes=2)
@@ -427,12 +406,6 @@ def test_idempotency_keys():
 
 
 # Schemas
-
-
-def _errors(schema, data):
-    with pytest.raises(ValidationError) as caught:
-        schema.load(data)
-    return flatten_messages(caught.value.messages)
 
 
 def test_the_design_document_payment_loads_and_its_card_has_expired():

@@ -1,6 +1,6 @@
 """PaymentsService entrypoints with their dependencies replaced (worker_factory).
 
-The store is an autospec of ``PaymentStore``; the card network is the simulation, counting
+The store is an autospec of ``PaymentsStore``; the card network is the simulation, counting
 its calls; orders is a mock answering ``get_order``. What the database guarantees under
 concurrency (unique claims) is tested in tests/integration/test_payments_service.py.
 """
@@ -8,7 +8,7 @@ concurrency (unique claims) is tested in tests/integration/test_payments_service
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from unittest.mock import create_autospec, patch
 
 import pytest
@@ -30,27 +30,25 @@ from common.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
+from common.settings import SettingError
 from common.timers import ConfiguredTimer
 from common.tokens import InsecureSecretError
-from payments import service as payments_service
-from payments.card_network import ChargeResult, SimulatedCardNetwork
+from payments import charges
+from payments.card_network import SimulatedCardNetwork
 from payments.domain import (
     CardSummary,
-    Payment,
+    ChargeResult,
     RefundRequest,
     idempotency_scope,
     network_charge_key,
     request_fingerprint,
-    validate_card,
 )
 from payments.schemas import ProcessPaymentSchema
-from payments.service import PaymentsService
-from payments.store import PaymentStore
+from payments.service import PaymentsService, PaymentsSettings
+from payments.store import PaymentsStore
+from tests.support import DECLINED, NOW, VISA, a_card, a_payment
 
 SECRET = "unit-test-idempotency-secret"
-VISA = "4111111111111111"
-DECLINED = "4000000000000002"
-NOW = datetime(2026, 11, 15, 10, 30, tzinfo=UTC)
 
 
 class CountingNetwork(SimulatedCardNetwork):
@@ -89,28 +87,14 @@ def order(status="pending", total=59.98, user_id="user-1", order_id="order-1") -
     return {"id": order_id, "userId": user_id, "status": status, "total": total}
 
 
-def payment(status="completed", user_id="user-1", order_id="order-1", **fields) -> Payment:
-    values = dict(
-        id="pay-1",
-        order_id=order_id,
-        user_id=user_id,
-        amount_cents=5998,
-        status=status,
-        payment_method="credit_card",
-        card=CardSummary("visa", "1111"),
-        created_at=NOW,
-        updated_at=NOW,
-        failure_reason="card_declined" if status == "failed" else None,
-        provider_reference="sim_ch_1",
-    )
-    values.update(fields)
-    return Payment(**values)
+payment = a_payment
 
 
 @pytest.fixture
 def store():
-    store = create_autospec(PaymentStore, instance=True)
-    store.collection = "payments-collection"
+    store = create_autospec(PaymentsStore, instance=True)
+    store.payments = "payments-collection"
+    store.now.side_effect = PaymentsStore.now
     store.find_by_idempotency_scope.return_value = None
     store.start_attempt.return_value = True
     store.mark_refunded.return_value = True
@@ -119,8 +103,7 @@ def store():
     store.finish_attempt.return_value = True
     store.due_refunds.return_value = []
     store.stale_attempts.return_value = []
-    with patch.object(payments_service, "PaymentStore", return_value=store):
-        yield store
+    return store
 
 
 @pytest.fixture
@@ -128,11 +111,12 @@ def network():
     return CountingNetwork()
 
 
-def make_service(network, role="customer", user_id="user-1", config=None):
+def make_service(store, network, role="customer", user_id="user-1", **config):
     service = worker_factory(
         PaymentsService,
+        store=store,
         card_network=network,
-        config=config if config is not None else {"IDEMPOTENCY_SECRET": SECRET},
+        settings=PaymentsSettings.read({"IDEMPOTENCY_SECRET": SECRET, **config}),
     )
     service.auth.require.return_value = Caller(user_id, role, {})
     service.orders.get_order.return_value = order()
@@ -140,8 +124,8 @@ def make_service(network, role="customer", user_id="user-1", config=None):
 
 
 @pytest.fixture
-def service(network):
-    return make_service(network)
+def service(store, network):
+    return make_service(store, network)
 
 
 def fingerprint_of(request_body, user_id="user-1"):
@@ -165,7 +149,7 @@ def test_an_approved_card_records_a_completed_payment_and_flushes_its_event(
     assert attempt.card == CardSummary("visa", "1111")
     (recorded,), _ = store.finish_attempt.call_args
     assert recorded.status == "completed" and recorded.id == attempt.id
-    service.outbox.flush.assert_called_once_with(store.collection, attempt.id)
+    service.outbox.flush.assert_called_once_with(store.payments, attempt.id)
     assert network.charges == [(5998, attempt.id)]
     assert answer == {
         "id": attempt.id,
@@ -186,7 +170,7 @@ def test_a_declined_card_is_recorded_as_failed_before_the_402(service, store, ne
     (recorded,), _ = store.finish_attempt.call_args
     assert (recorded.status, recorded.failure_reason) == ("failed", "card_declined")
     assert declined.value.details == {"paymentId": recorded.id, "reason": "card_declined"}
-    service.outbox.flush.assert_called_once_with(store.collection, recorded.id)
+    service.outbox.flush.assert_called_once_with(store.payments, recorded.id)
 
 
 def test_a_taken_order_is_already_paid_and_charges_nothing(service, store, network):
@@ -232,14 +216,15 @@ def test_a_network_failure_leaves_the_attempt_to_reconciliation_and_logs_no_card
     # The network may have charged before failing to answer: the attempt keeps the order
     # claimed until reconcile_attempts asks the network, so no retry can charge twice.
     network = CountingNetwork(fail=ConnectionError(f"refused for card {VISA} cvv 123"))
-    service = make_service(network)
+    service = make_service(store, network)
     with caplog.at_level(logging.DEBUG), pytest.raises(ServiceUnavailable) as raised:
         service.process_payment(body())
     (attempt, _, _), _ = store.start_attempt.call_args
     assert raised.value.details == {"paymentId": attempt.id}
     assert raised.value.retry_after == 60 + 10  # the stale age, then one recovery tick
     # Claimed, then left as it is: not finished, not forgotten.
-    assert [call[0] for call in store.method_calls] == ["start_attempt"]
+    writes = [call[0] for call in store.method_calls if call[0] != "now"]
+    assert writes == ["start_attempt"]
     assert "ConnectionError" in caplog.text
     assert VISA not in caplog.text and "cvv 123" not in caplog.text
 
@@ -312,7 +297,7 @@ def test_a_duplicate_that_finds_the_order_paid_by_its_first_request_gets_its_ans
 
 
 def test_a_duplicate_gives_up_waiting_after_a_bound(service, store, network, monkeypatch):
-    monkeypatch.setattr(payments_service, "IN_PROGRESS_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(charges, "IN_PROGRESS_WAIT_SECONDS", 0.1)
     store.find_by_idempotency_scope.return_value = (
         fingerprint_of(body()),
         payment(status="processing"),
@@ -323,11 +308,22 @@ def test_a_duplicate_gives_up_waiting_after_a_bound(service, store, network, mon
     assert network.charges == []
 
 
-def test_production_refuses_the_default_idempotency_secret(store, network):
-    service = make_service(network, config={"SHOP_ENV": "production"})
-    with pytest.raises(InsecureSecretError):
-        service.process_payment(body(), idempotency_key="key-1")
-    assert network.charges == []
+def test_production_refuses_the_default_idempotency_secret():
+    with pytest.raises(InsecureSecretError, match="IDEMPOTENCY_SECRET"):
+        PaymentsSettings.read({"SHOP_ENV": "production"})
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"PAYMENTS_RECOVERY_SECONDS": -1}, "PAYMENTS_RECOVERY_SECONDS"),
+        ({"PAYMENTS_REFUND_RETRY_SECONDS": "soon"}, "PAYMENTS_REFUND_RETRY_SECONDS"),
+        ({"PAYMENTS_STALE_ATTEMPT_SECONDS": 0}, "PAYMENTS_STALE_ATTEMPT_SECONDS"),
+    ],
+)
+def test_a_wrong_setting_fails_at_start_naming_its_key(config, key):
+    with pytest.raises(SettingError, match=key):
+        PaymentsSettings.read(config)
 
 
 @pytest.mark.parametrize(
@@ -388,8 +384,8 @@ def test_get_payment_shows_the_owner_their_payment(service, store):
 def test_another_users_payment_is_not_found_but_an_admin_sees_it(store, network):
     store.get.return_value = payment(user_id="user-2")
     with pytest.raises(NotFound):
-        make_service(network).get_payment("pay-1")
-    admin = make_service(network, role="admin", user_id="admin-1")
+        make_service(store, network).get_payment("pay-1")
+    admin = make_service(store, network, role="admin", user_id="admin-1")
     assert admin.get_payment("pay-1")["userId"] == "user-2"
 
 
@@ -452,9 +448,10 @@ def cancelled(was_paid=True, payment_id="pay-1", event_id="event-1") -> dict:
 
 
 @pytest.fixture
-def now():
-    with patch.object(payments_service, "_now", return_value=NOW):
-        yield NOW
+def now(store):
+    store.now.side_effect = None
+    store.now.return_value = NOW
+    return NOW
 
 
 def test_a_paid_cancellation_refunds_the_payment_once(service, store, network):
@@ -465,7 +462,7 @@ def test_a_paid_cancellation_refunds_the_payment_once(service, store, network):
     (refunded, reference, event_id), _ = store.mark_refunded.call_args
     assert (refunded.status, event_id) == ("refunded", "event-1")
     assert reference.startswith("sim_re_")
-    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+    service.outbox.flush.assert_called_once_with(store.payments, "pay-1")
 
 
 def test_a_refund_the_store_already_applied_publishes_nothing(service, store, network):
@@ -539,7 +536,7 @@ def test_a_refund_asked_already_is_left_to_its_first_request(service, store, net
 
 def test_a_refund_the_network_fails_stays_asked_and_logs_no_detail(store, caplog):
     network = CountingNetwork(fail_refunds=TimeoutError("charge sim_ch_1 of card 4111..."))
-    service = make_service(network)
+    service = make_service(store, network)
     store.get.return_value = payment()
     with caplog.at_level(logging.DEBUG):
         service.on_order_cancelled(cancelled())  # the event is handled: the request stays
@@ -565,7 +562,7 @@ def test_the_timer_retries_a_due_refund_for_its_first_event(service, store, netw
     assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
     (refunded, _, event_id), _ = store.mark_refunded.call_args
     assert (refunded.status, event_id) == ("refunded", "event-1")
-    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+    service.outbox.flush.assert_called_once_with(store.payments, "pay-1")
 
 
 def test_a_refund_try_another_instance_took_is_left_to_it(service, store, network, now):
@@ -578,7 +575,7 @@ def test_a_refund_try_another_instance_took_is_left_to_it(service, store, networ
 
 def test_a_refund_failing_again_waits_longer(store, now):
     network = CountingNetwork(fail_refunds=ConnectionError("down"))
-    service = make_service(network, config={"PAYMENTS_REFUND_RETRY_SECONDS": 2})
+    service = make_service(store, network, PAYMENTS_REFUND_RETRY_SECONDS=2)
     store.due_refunds.return_value = [due(attempts=3)]
     service.retry_refunds()
     # Try 4 failed: try 5 waits 2 s doubled three times.
@@ -595,8 +592,8 @@ def test_a_refund_written_by_another_instance_is_not_published_again(service, st
     service.outbox.flush.assert_not_called()
 
 
-def processing(network_key="net-key-1", **fields):
-    return payment(status="processing", provider_reference=None, network_key=network_key, **fields)
+def processing(**fields):
+    return a_payment("processing", **fields)
 
 
 def test_a_stale_attempt_the_network_approved_completes_as_the_normal_path(
@@ -613,7 +610,7 @@ def test_a_stale_attempt_the_network_approved_completes_as_the_normal_path(
         approved.reference,
     )
     assert settled.outcome_event()[0] == "payment_succeeded"
-    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+    service.outbox.flush.assert_called_once_with(store.payments, "pay-1")
     assert len(network.charges) == 1  # the lookup never charges
 
 
@@ -630,7 +627,7 @@ def test_a_stale_attempt_never_charged_fails_as_interrupted(service, store, netw
     service.reconcile_attempts()
     (settled,), _ = store.finish_attempt.call_args
     assert (settled.status, settled.failure_reason) == ("failed", "interrupted")
-    service.outbox.flush.assert_called_once_with(store.collection, "pay-1")
+    service.outbox.flush.assert_called_once_with(store.payments, "pay-1")
     assert network.charges == []
 
 
@@ -644,7 +641,7 @@ def test_an_attempt_settled_meanwhile_is_not_published_again(service, store, net
 def test_an_unanswered_lookup_leaves_the_attempt_for_the_next_sweep(store, caplog):
     network = CountingNetwork()
     network.find_charge = lambda key: (_ for _ in ()).throw(ConnectionError("down"))
-    service = make_service(network)
+    service = make_service(store, network)
     store.stale_attempts.return_value = [processing(), processing(id="pay-2")]
     with caplog.at_level(logging.WARNING):
         service.reconcile_attempts()
@@ -653,7 +650,7 @@ def test_an_unanswered_lookup_leaves_the_attempt_for_the_next_sweep(store, caplo
 
 
 def test_the_stale_age_is_configurable(store, network, now):
-    service = make_service(network, config={"PAYMENTS_STALE_ATTEMPT_SECONDS": 1.5})
+    service = make_service(store, network, PAYMENTS_STALE_ATTEMPT_SECONDS=1.5)
     service.reconcile_attempts()
     store.stale_attempts.assert_called_once_with(NOW - timedelta(seconds=1.5), 50)
 
@@ -683,7 +680,7 @@ def test_the_recovery_timers_read_their_interval_from_config():
     class Container:
         config = {"PAYMENTS_RECOVERY_SECONDS": "0.25"}
 
-    configured = ConfiguredTimer("PAYMENTS_RECOVERY_SECONDS", default=10)
+    configured = ConfiguredTimer(PaymentsSettings.recovery_seconds)
     configured.container = Container()
     configured.setup()
     assert configured.interval == 0.25
@@ -691,17 +688,16 @@ def test_the_recovery_timers_read_their_interval_from_config():
     configured.setup()
     assert configured.interval == 10
     Container.config = {"PAYMENTS_RECOVERY_SECONDS": -1}
-    with pytest.raises(ValueError):
+    with pytest.raises(SettingError, match="PAYMENTS_RECOVERY_SECONDS"):
         configured.setup()
 
 
-def _visa(number=VISA):
-    return validate_card(number, "12/30", "123", NOW.date())
+_visa = a_card
 
 
 def test_the_timer_relays_the_outbox(service, store):
-    service.relay_outbox()
-    service.outbox.relay.assert_called_once_with(store.collection)
+    service.relay_events()
+    service.outbox.relay.assert_called_once_with(store.payments)
 
 
 def test_charge_results_become_payments_with_the_attempts_creation_time(service, store):

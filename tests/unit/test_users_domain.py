@@ -5,9 +5,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import argon2
 import jwt
 import pytest
-from marshmallow import ValidationError
 
-from common.errors import Unauthorized, ValidationFailed, flatten_messages
+from common.errors import Unauthorized, ValidationFailed
 from common.tokens import (
     ACCESS_TOKEN,
     DEFAULT_JWT_SECRET,
@@ -17,6 +16,8 @@ from common.tokens import (
     TokenVerifier,
     check_secret_for_environment,
 )
+from tests.support import cheap_password_hasher
+from tests.support import schema_errors as _errors
 from users.domain import (
     PasswordHasher,
     User,
@@ -42,7 +43,7 @@ def _cheap_argon2(**kwargs):
 
 @pytest.fixture(scope="module")
 def hasher():
-    return PasswordHasher(_cheap_argon2())
+    return cheap_password_hasher()
 
 
 # Passwords
@@ -322,12 +323,6 @@ def test_garbage_is_refused(verifier, token):
 
 
 # Schemas
-
-
-def _errors(schema, data):
-    with pytest.raises(ValidationError) as caught:
-        schema.load(data)
-    return flatten_messages(caught.value.messages)
 
 
 def test_register_normalises_the_email_and_trims_the_name():

@@ -19,13 +19,19 @@ from common.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from common.mongo import MongoStore
+from common.settings import SettingError
 from common.tokens import TokenIssuer, TokenVerifier
-from users.dependencies import AdminAccountError, UsersAuthContext, ensure_admin
+from tests.support import cheap_password_hasher
+from users.admin import AdminAccountError, AdminSettings, ensure_admin
+from users.dependencies import UsersAuthContext
 from users.domain import PasswordHasher, new_user
 from users.service import UsersService
 from users.store import SessionEnd
 
 SECRET = "unit-test-secret-" + "x" * 32
+ADMIN_PASSWORD = "admin-password-123"
+NOW = datetime(2026, 11, 3, 9, 15, tzinfo=UTC)
 
 
 class FakeStore:
@@ -37,6 +43,8 @@ class FakeStore:
         self.sessions = {}
         self.database = MagicMock()
         self.lose_admin_race = False
+
+    now = staticmethod(MongoStore.now)
 
     def insert_user(self, user, *events):
         if any(other.email == user.email for other in self.users.values()):
@@ -121,7 +129,7 @@ class FakeRevocations:
 
 @pytest.fixture(scope="module")
 def hasher():
-    return PasswordHasher(argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    return cheap_password_hasher()
 
 
 @pytest.fixture
@@ -380,8 +388,8 @@ def test_update_needs_a_token_before_reading_the_body(service):
 
 def test_ensure_admin_creates_the_admin_once(hasher):
     store = FakeStore()
-    assert ensure_admin(store, "admin@example.com", "admin-password-123", hasher) is True
-    assert ensure_admin(store, "admin@example.com", "other-password-123", hasher) is False
+    assert ensure_admin(store, "admin@example.com", ADMIN_PASSWORD, hasher, NOW) is True
+    assert ensure_admin(store, "admin@example.com", "other-password-123", hasher, NOW) is False
     [admin] = store.users.values()
     assert (admin.email, admin.role) == ("admin@example.com", "admin")
     assert hasher.verify(admin.password_hash, "admin-password-123")
@@ -390,7 +398,7 @@ def test_ensure_admin_creates_the_admin_once(hasher):
 def test_ensure_admin_accepts_losing_the_race_to_another_instance(hasher):
     store = FakeStore()
     store.lose_admin_race = True
-    assert ensure_admin(store, "admin@example.com", "admin-password-123", hasher) is False
+    assert ensure_admin(store, "admin@example.com", ADMIN_PASSWORD, hasher, NOW) is False
     assert [user.role for user in store.users.values()] == ["admin"]
 
 
@@ -399,7 +407,7 @@ def test_ensure_admin_never_promotes_a_customer(hasher):
     now = datetime.now(UTC)
     store.insert_user(new_user("admin@example.com", "Mallory", hasher.hash("x" * 8), now))
     with pytest.raises(AdminAccountError):
-        ensure_admin(store, "admin@example.com", "admin-password-123", hasher)
+        ensure_admin(store, "admin@example.com", ADMIN_PASSWORD, hasher, NOW)
     assert [user.role for user in store.users.values()] == ["customer"]
 
 
@@ -425,3 +433,20 @@ def test_refresh_honours_the_shared_revocation_list(service):
     service.revocations.revoke_session(claims["sid"], claims["exp"])
     with pytest.raises(Unauthorized):
         service.refresh({"refreshToken": tokens["refreshToken"]})
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"ADMIN_EMAIL": "not-an-email"}, "ADMIN_EMAIL"),
+        ({"ADMIN_PASSWORD": "short"}, "ADMIN_PASSWORD"),
+    ],
+)
+def test_an_unusable_admin_account_setting_is_refused_by_name(config, key):
+    with pytest.raises(SettingError, match=key) as refused:
+        AdminSettings.read(config)
+    assert "'short'" not in str(refused.value)  # the password is never quoted
+
+
+def test_the_admin_email_is_normalised():
+    assert AdminSettings.read({"ADMIN_EMAIL": " Admin@Example.COM "}).email == "admin@example.com"

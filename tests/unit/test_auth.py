@@ -1,0 +1,78 @@
+"""The one token check every service and the gateway make (common.auth.authenticate)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.auth import (
+    ADMINS_ONLY,
+    AUTHENTICATION_REQUIRED,
+    TOKEN_REVOKED,
+    AuthContext,
+    Authentication,
+    AuthSettings,
+    admin_only,
+    authenticate,
+)
+from common.errors import Forbidden, Unauthorized
+from common.settings import SettingError
+from common.tokens import InsecureSecretError, TokenIssuer, TokenVerifier
+from gateway.edge import Edge
+
+SECRET = "unit-test-secret-" + "x" * 32
+
+
+class Revocations:
+    def __init__(self, *revoked_jtis: str) -> None:
+        self.revoked = set(revoked_jtis)
+
+    def is_revoked(self, claims: dict) -> bool:
+        return claims["jti"] in self.revoked
+
+
+@pytest.fixture
+def pair():
+    return TokenIssuer(SECRET).issue_pair("user-1", "customer")
+
+
+def test_a_valid_access_token_is_its_caller(pair):
+    caller = authenticate(pair.access_token, TokenVerifier(SECRET), Revocations())
+    assert (caller.user_id, caller.role, caller.is_admin) == ("user-1", "customer", False)
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_no_token_is_401_with_one_message(token):
+    with pytest.raises(Unauthorized, match=AUTHENTICATION_REQUIRED):
+        authenticate(token, TokenVerifier(SECRET), Revocations())
+
+
+def test_a_revoked_token_is_401(pair):
+    revoked = Revocations(pair.access_claims["jti"])
+    with pytest.raises(Unauthorized, match=TOKEN_REVOKED):
+        authenticate(pair.access_token, TokenVerifier(SECRET), revoked)
+
+
+def test_a_refresh_token_is_not_an_access_token(pair):
+    with pytest.raises(Unauthorized):
+        authenticate(pair.refresh_token, TokenVerifier(SECRET), Revocations())
+
+
+def test_only_an_admin_passes_admin_only(pair):
+    customer = authenticate(pair.access_token, TokenVerifier(SECRET), Revocations())
+    with pytest.raises(Forbidden, match=ADMINS_ONLY):
+        admin_only(customer)
+    admin_pair = TokenIssuer(SECRET).issue_pair("admin-1", "admin")
+    admin = AuthContext(admin_pair.access_token, TokenVerifier(SECRET), Revocations())
+    assert admin.require_admin().user_id == "admin-1"
+
+
+def test_the_gateway_checks_tokens_with_the_services_extension():
+    assert isinstance(Edge.authentication, Authentication)
+
+
+def test_auth_settings_refuse_the_development_secret_in_production():
+    with pytest.raises(InsecureSecretError, match="JWT_SECRET"):
+        AuthSettings.read({"SHOP_ENV": "production"})
+    with pytest.raises(SettingError, match="JWT_SECRET"):
+        AuthSettings.read({"JWT_SECRET": 12345})  # a number from YAML is not a secret
+    assert AuthSettings.read({"JWT_SECRET": SECRET}).jwt_secret == SECRET
