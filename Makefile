@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both create the
 # virtualenv and install the pinned dependencies first, when needed.
 # They use the newest Python the shop supports (3.11 to 3.13) that this machine has,
-# or the one given: `make test PYTHON=python3.12` (devtools/find-python).
+# or the one given, a version or a path: `make test PYTHON=3.12` (devtools/find-python).
 override PYTHON := $(shell devtools/find-python $(PYTHON))
 ifeq ($(PYTHON),)
 $(error no Python to build the virtualenv with (see above))
@@ -37,14 +37,16 @@ lint: install
 
 install: $(VENV)/.installed
 
-# The virtualenv records the Python that built it; another one builds it anew.
-$(VENV)/.built-by-python$(PYTHON_VERSION):
-	rm -rf $(VENV)
+$(VENV)/.installed: pyproject.toml constraints.txt nameko-redis-transport/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	echo $(PYTHON) > $@
-
-$(VENV)/.installed: pyproject.toml constraints.txt nameko-redis-transport/pyproject.toml \
-		$(VENV)/.built-by-python$(PYTHON_VERSION)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ./nameko-redis-transport -e '.[embedded,test]'
 	touch $@
+
+# The virtualenv records the Python that built it; another one builds it anew.
+BUILT_BY := $(VENV)/.built-by-python$(PYTHON_VERSION)
+$(VENV)/.installed: $(BUILT_BY)
+$(BUILT_BY):
+	rm -rf $(VENV)
+	mkdir -p $(VENV)
+	echo $(PYTHON) > $@
