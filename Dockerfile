@@ -1,6 +1,6 @@
 # One image for every service: docker-compose.yml runs each with its own command,
 # `docker run -e SERVICE=users the-shop` runs one by hand.
-FROM python:3.11-slim
+FROM python:3.13-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -1,16 +1,35 @@
 # The two commands of the README: `make run` and `make test`. Both create the
 # virtualenv and install the pinned dependencies first, when needed.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# They use the newest Python the shop supports (3.11 to 3.13) that this machine has,
+# or the one given, a version or a path: `make test PYTHON=3.12` (devtools/find-python).
+override PYTHON := $(shell devtools/find-python $(PYTHON))
+ifeq ($(PYTHON),)
+$(error no Python to build the virtualenv with (see above))
+endif
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import platform; print(platform.python_version())')
 VENV ?= .venv
 BIN := $(VENV)/bin
+USING = @echo "make $@: Python $(PYTHON_VERSION) ($(PYTHON)), virtualenv $(VENV)"
 
-.PHONY: run test lint install
+# What CI runs on each supported Python besides the one that runs everything (.ci/run):
+# the unit tests, the Redis transport's tests (with `nameko run`, `nameko shell` and a plain
+# script: the .pth activation), the flows, and a service container's and the Procfile's start.
+VERSION_TESTS = tests/unit nameko-redis-transport/tests tests/integration/test_flows.py \
+	tests/integration/test_container_start.py tests/integration/test_run_the_shop.py
+
+.PHONY: run test test-version lint install
 
 run: install
+	$(USING)
 	$(BIN)/python -m devtools.run
 
 test: install lint
+	$(USING)
 	$(BIN)/python -m pytest
+
+test-version: install
+	$(USING)
+	$(BIN)/python -m pytest $(VERSION_TESTS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -23,3 +42,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt nameko-redis-transport/pyproj
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ./nameko-redis-transport -e '.[embedded,test]'
 	touch $@
+
+# The virtualenv records the Python that built it; another one builds it anew.
+BUILT_BY := $(VENV)/.built-by-python$(PYTHON_VERSION)
+$(VENV)/.installed: $(BUILT_BY)
+$(BUILT_BY):
+	rm -rf $(VENV)
+	mkdir -p $(VENV)
+	echo $(PYTHON) > $@

@@ -136,8 +136,12 @@ def test_gateway_starts_after_the_services(compose):
     assert {"users", "orders", "payments"} <= set(depends_on)
 
 
-def test_dockerfile_installs_the_project_on_python_311_slim(dockerfile):
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
+def test_dockerfile_installs_the_project_on_the_newest_supported_python(dockerfile):
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    below = re.search(r"<\s*3\.(\d+)", pyproject["project"]["requires-python"])
+    assert below, "requires-python names the first Python the shop does not support"
+    newest = f"3.{int(below.group(1)) - 1}"
+    assert re.search(rf"^FROM python:{re.escape(newest)}-slim\b", dockerfile, re.MULTILINE)
     assert re.search(r"^RUN pip install .*\s\.(\s|$)", dockerfile, re.MULTILINE)
     assert re.search(r"^COPY \. \.", dockerfile, re.MULTILINE)
 
