@@ -58,7 +58,7 @@ function newProductForm(onAdded) {
       form.reset();
       clearErrors(form);
       formMessage(form).append(h('p', { class: 'notice notice-ok' }, `Added ${product.name}.`));
-      onAdded();
+      onAdded(product);
     } catch (error) {
       if (error.status !== 401) showError(form, error);
     }
@@ -156,7 +156,7 @@ export async function adminView(ctx) {
     ctx.main,
     h('h1', {}, 'Administration'),
     h('section', { 'aria-labelledby': 'orders-heading' }, h('h2', { id: 'orders-heading' }, 'Orders to ship or deliver'), fulfilmentArea),
-    newProductForm(() => ctx.retry()),
+    newProductForm((product) => productsArea.prepend(productRow(product))),
     h('section', { 'aria-labelledby': 'products-heading' }, h('h2', { id: 'products-heading' }, 'Products and stock'), productsArea),
   );
   await Promise.all([drawFulfilment(fulfilmentArea, ctx.signal), drawProducts()]);

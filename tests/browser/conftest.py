@@ -1,0 +1,213 @@
+"""The storefront in Debian's Chromium, driven by Playwright, against the real shop.
+
+One shop per test module: ``nameko run`` processes for users, orders, payments and the
+gateway over the real Redis and the Mongo-wire server (the e2e fixtures' servers). Each
+test gets a fresh browser context (its own storage) and a :class:`PageWatch` that fails
+the test on a console error, a failed request or an HTTP error it did not expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devtools.embedded import free_port
+from tests.e2e.conftest import Api
+from tests.fixtures.brokers import _forget_connections, redis_broker
+from tests.fixtures.processes import ServiceProcess
+from tests.fixtures.services import TEST_JWT_SECRET
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ADMIN_EMAIL, ADMIN_PASSWORD = "admin@example.com", "admin-password-123"
+#: Logins per account and minute: low, so the 429 path is reachable in a test.
+LOGIN_LIMIT = 6
+SERVICES = ("users", "orders", "payments", "gateway")
+EXPECT_TIMEOUT_MS = 15_000
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/browser/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.browser)
+
+
+class Shop:
+    """The running shop: its URL, an API client, and its processes by service name."""
+
+    def __init__(self, config: dict, directory: Path):
+        self.config = config
+        self.directory = directory
+        self.config_path = directory / "config.yml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.url = f"http://{config['WEB_SERVER_ADDRESS']}"
+        self.api = Api(self.url)
+        self.processes: dict[str, ServiceProcess] = {}
+
+    def start(self, service: str) -> None:
+        self.processes[service] = ServiceProcess(
+            self.config_path, [f"{service}.service"], service, self.directory
+        )
+
+    def stop(self, service: str) -> None:
+        self.processes.pop(service).terminate()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(p.process.poll() is not None for p in self.processes.values()):
+                break
+            try:
+                if self.api("GET", "/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        logs = "\n".join(f"--- {n}\n{p.log()[-3000:]}" for n, p in self.processes.items())
+        raise AssertionError(f"the shop is not ready:\n{logs}")
+
+    def admin_token(self) -> str:
+        status, _, tokens = self.api(
+            "POST", "/api/users/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        )
+        assert status == 200, tokens
+        return tokens["accessToken"]
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.close()
+
+
+@pytest.fixture(scope="module")
+def shop(redis_url, mongo_server, mongo_client, tmp_path_factory):
+    broker, cleanup = redis_broker(redis_url)
+    _forget_connections()
+    suffix = uuid.uuid4().hex[:8]
+    databases = {name: f"browser_{suffix}_{name}" for name in ("users", "orders", "payments")}
+    config = broker.config(
+        MONGO_URI=mongo_server.uri,
+        MONGO_DATABASES=databases,
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=f"browser-{suffix}:",
+        JWT_SECRET=TEST_JWT_SECRET,
+        SHOP_ENV="test",
+        ADMIN_EMAIL=ADMIN_EMAIL,
+        ADMIN_PASSWORD=ADMIN_PASSWORD,
+        IDEMPOTENCY_SECRET="test-idempotency-secret",
+        RPC_TIMEOUT=3,
+        WEB_SERVER_ADDRESS=f"127.0.0.1:{free_port()}",
+        OPS_HTTP_ADDRESSES={name: f"127.0.0.1:{free_port()}" for name in SERVICES[:3]},
+        RATE_LIMIT_PER_MINUTE=100_000,
+        LOGIN_RATE_LIMIT_PER_MINUTE=LOGIN_LIMIT,
+        BREAKER_RESET_SECONDS=2,
+    )
+    made = Shop(config, tmp_path_factory.mktemp("shop"))
+    try:
+        for service in SERVICES:
+            made.start(service)
+        made.wait_ready()
+        yield made
+    finally:
+        made.close()
+        cleanup()
+        for name in databases.values():
+            mongo_client.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is missing: run `apt-get install -y chromium` as root")
+    import eventlet
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+    # Under eventlet's monkey patch Playwright's stop never returns, though its driver
+    # has exited (asyncio's child watcher runs on a green thread): bound the wait.
+    with eventlet.Timeout(5, False):
+        playwright.stop()
+    asyncio.set_event_loop(None)
+
+
+@dataclass
+class PageWatch:
+    """What went wrong in a page: console errors, failed requests, HTTP errors."""
+
+    console_errors: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
+    error_responses: list[tuple[int, str]] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)
+
+    def expect_statuses(self, *statuses: int) -> None:
+        """This test provokes these HTTP statuses on purpose (and their console lines)."""
+        self.expected += [f"status of {status} " for status in statuses]
+        self.expected += [f"status {status} " for status in statuses]
+
+    def expect_failure(self, text: str) -> None:
+        """This test breaks a request on purpose; ``text`` is in its failure."""
+        self.expected.append(text)
+
+    def problems(self) -> list[str]:
+        found = [f"status {status} {url}" for status, url in self.error_responses]
+        found += [f"console: {line}" for line in self.console_errors]
+        found += [f"request failed: {line}" for line in self.failed_requests]
+        return [line for line in found if not any(text in line for text in self.expected)]
+
+
+@pytest.fixture
+def watch():
+    return PageWatch()
+
+
+@pytest.fixture
+def context(chromium, shop):
+    made = chromium.new_context(base_url=shop.url, viewport={"width": 1440, "height": 900})
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def page(context, watch):
+    """A page of the shop that records its problems; the test fails if it has any."""
+    made = context.new_page()
+    made.on(
+        "console",
+        lambda m: watch.console_errors.append(m.text) if m.type == "error" else None,
+    )
+    made.on("pageerror", lambda e: watch.console_errors.append(f"uncaught: {e}"))
+    made.on(
+        "requestfailed",
+        lambda r: (
+            watch.failed_requests.append(f"{r.method} {r.url}: {r.failure}")
+            if "net::ERR_ABORTED" not in (r.failure or "")
+            else None
+        ),
+    )
+    made.on(
+        "response",
+        lambda r: watch.error_responses.append((r.status, r.url)) if r.status >= 400 else None,
+    )
+    yield made
+    problems = watch.problems()
+    made.close()
+    assert not problems, problems
