@@ -115,7 +115,7 @@ def shop(redis_url, mongo_server, mongo_client, tmp_path_factory):
         OPS_HTTP_ADDRESSES={name: f"127.0.0.1:{free_port()}" for name in SERVICES[:3]},
         RATE_LIMIT_PER_MINUTE=100_000,
         LOGIN_RATE_LIMIT_PER_MINUTE=LOGIN_LIMIT,
-        BREAKER_RESET_SECONDS=2,
+        BREAKER_FAILURES=1,
     )
     made = Shop(config, tmp_path_factory.mktemp("shop"))
     try:

@@ -28,13 +28,13 @@ export async function loginView(ctx) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (submit.disabled) return;
-    const { email: address, password: secret } = values(form);
+    clearErrors(form);
+    const address = values(form).email;
     try {
       await whileBusy(submit, 'Logging in…', () => session.login(address, new FormData(form).get('password')));
       ctx.go(nextHash(ctx));
     } catch (error) {
       showError(form, error);
-      if (secret !== undefined) password.input.value = '';
     }
   });
   replace(
@@ -65,6 +65,7 @@ export async function registerView(ctx) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (submit.disabled) return;
+    clearErrors(form);
     const entered = values(form);
     const secret = new FormData(form).get('password');
     try {
@@ -93,6 +94,7 @@ function profileForm(profile) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (submit.disabled) return;
+    clearErrors(form);
     try {
       const updated = await whileBusy(submit, 'Saving…', () =>
         api('PATCH', '/api/users/me', { body: { name: values(form).name }, auth: true }),
@@ -115,6 +117,7 @@ function passwordForm() {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (submit.disabled) return;
+    clearErrors(form);
     const data = new FormData(form);
     try {
       await whileBusy(submit, 'Changing…', () =>

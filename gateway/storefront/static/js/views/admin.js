@@ -51,6 +51,7 @@ function newProductForm(onAdded) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (submit.disabled) return;
+    clearErrors(form);
     const { body, problems } = productBody(values(form));
     if (Object.keys(problems).length) return showError(form, invalid(problems));
     try {
@@ -82,6 +83,7 @@ function productRow(product) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (submit.disabled) return;
+    clearErrors(form);
     const { body, problems } = productBody(values(form));
     if (Object.keys(problems).length) return showError(form, invalid(problems));
     try {

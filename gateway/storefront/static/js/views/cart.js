@@ -2,7 +2,7 @@
 import { api, newIdempotencyKey } from '../api.js';
 import { cart } from '../cart.js';
 import { h, replace, whileBusy } from '../dom.js';
-import { field, formMessage, showError, values } from '../forms.js';
+import { clearErrors, field, formMessage, showError, values } from '../forms.js';
 import { formatCents, toAmount } from '../money.js';
 import { productFromApi } from './catalog.js';
 
@@ -191,6 +191,7 @@ export async function checkoutView(ctx) {
     event.preventDefault();
     if (placing) return;
     placing = true;
+    clearErrors(form);
     const address = values(form);
     const body = {
       items: cart.lines().map((l) => ({ productId: l.productId, quantity: l.quantity, price: toAmount(l.priceCents) })),
