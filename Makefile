@@ -4,13 +4,21 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install
+.PHONY: run test lint install chromium
 
 run: install
 	$(BIN)/python -m devtools.run
 
-test: install lint
+test: install lint chromium
 	$(BIN)/python -m pytest
+
+# The browser tests (tests/browser) drive Debian's Chromium: installed here when we are
+# root, otherwise the one command to run.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 \
+		&& apt-get update && apt-get install -y chromium; } \
+		|| { echo "Chromium is missing: run 'sudo apt-get install -y chromium', then make test"; exit 1; }
 
 lint: install
 	$(BIN)/ruff check .
