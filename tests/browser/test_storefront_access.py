@@ -6,7 +6,7 @@ import uuid
 
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser.storefront import GOOD_CARD, PASSWORD, snap
+from tests.browser.storefront import GOOD_CARD, PASSWORD, log_in, register, snap
 
 PHONE = {"width": 375, "height": 812}
 
@@ -125,3 +125,64 @@ def test_api_data_is_shown_as_text_never_as_html(page, shop):
     expect(page.get_by_role("heading", level=1)).to_have_text(name)
     assert page.locator("main img").count() == 0
     assert page.evaluate("() => window.pwned") is None
+
+
+LAYOUT_SHIFT = """() => new Promise(resolve => {
+    let total = 0;
+    new PerformanceObserver(list => {
+        for (const entry of list.getEntries()) if (!entry.hadRecentInput) total += entry.value;
+    }).observe({type: 'layout-shift', buffered: true});
+    setTimeout(() => resolve(total), 300);
+})"""
+
+
+def test_pages_do_not_shift_when_their_data_arrives(page, shop):
+    for viewport in ({"width": 1440, "height": 900}, PHONE):
+        page.set_viewport_size(viewport)
+        page.goto("/")
+        expect(page.locator(".card[data-product-id]").first).to_be_visible()
+        # Cumulative Layout Shift: under 0.1 is what Chrome's Web Vitals call good.
+        shift = page.evaluate(LAYOUT_SHIFT)
+        assert shift < 0.1, (viewport, shift)
+
+
+def test_the_account_page_changes_the_name_and_the_password(page, shop, watch):
+    watch.expect_statuses(422)
+    page.goto("/")
+    email = register(page)
+    page.get_by_role("link", name="Account (Ada Shopper)").click()
+    snap(page, "account-desktop")
+    page.get_by_label("Name").fill("Ada Lovelace")
+    page.get_by_role("button", name="Save name").click()
+    expect(page.get_by_role("link", name="Account (Ada Lovelace)")).to_be_visible()
+
+    page.get_by_label("Current password").fill("not-my-password")
+    page.get_by_label("New password").fill("a-new-password-1")
+    page.get_by_role("button", name="Change password").click()
+    current = page.get_by_label("Current password")
+    expect(current).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(f"#{current.get_attribute('id')}-error")).not_to_be_empty()
+
+    current.fill(PASSWORD)
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_text("Your password is changed.")).to_be_visible()
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("link", name="Log in").click()
+    log_in(page, email, "a-new-password-1")
+    expect(page.get_by_role("link", name="Account (Ada Lovelace)")).to_be_visible()
+
+
+def test_a_customer_is_told_the_admin_page_is_not_theirs_and_unknown_pages_are_404(
+    page, shop, watch
+):
+    watch.expect_statuses(404)
+    page.goto("/")
+    register(page)
+    page.goto("/#/admin")
+    expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    page.goto("/#/products/no-such-product")
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    page.goto("/#/no/such/page")
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    page.goto("/no-such-page")
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
