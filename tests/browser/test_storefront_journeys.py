@@ -73,6 +73,7 @@ def test_a_newcomer_registers_buys_two_products_pays_cancels_and_sees_the_refund
     page.get_by_role("link", name="Orders").click()
     page.get_by_label("Show").select_option("cancelled")
     expect(page.locator(f"tr[data-order-id='{order_id}']")).to_contain_text("Cancelled")
+    snap(page, "orders-desktop")
     page.get_by_label("Show").select_option("paid")
     expect(page.get_by_text("No paid orders.")).to_be_visible()
     token = api_login(shop, email)
