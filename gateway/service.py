@@ -14,11 +14,11 @@ from werkzeug.wrappers import Request, Response
 from common.errors import MethodNotAllowed, NotFound
 from common.logs import RequestContext
 from gateway import routes as R
+from gateway import storefront  # the module: `nameko run` would take its class as a service
 from gateway.edge import DOWNSTREAM_SERVICES, Call, Edge
 from gateway.http import json_response, with_request_id
 from gateway.openapi import openapi_document
 from gateway.readiness import PROBE_TIMEOUT, check_readiness
-from gateway import storefront  # the module: `nameko run` would take its class as a service
 
 UNKNOWN = R.Route("unknown", "*", "/<path:path>")
 ALL_METHODS = "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS"
