@@ -145,7 +145,7 @@ def test_a_double_click_and_a_retry_after_a_lost_answer_pay_once(page, shop, wat
 def test_a_price_changed_by_the_admin_while_in_a_cart_is_shown_before_the_order(
     page, shop, context, watch
 ):
-    admin = context.browser.new_context(base_url=shop.url)
+    admin = context.browser.new_context(base_url=shop.url, viewport={"width": 1440, "height": 900})
     admin_page = admin.new_page()
     name = f"Desk Lamp {uuid.uuid4().hex[:4]}"
     try:
@@ -161,7 +161,6 @@ def test_a_price_changed_by_the_admin_while_in_a_cart_is_shown_before_the_order(
         expect(admin_page.get_by_text(f"Added {name}.")).to_be_visible()
         edit = admin_page.get_by_role("form", name=f"Edit {name}")
         product_id = edit.get_attribute("data-product-id")
-        snap(admin_page, "admin-desktop")
 
         page.goto(f"/#/products/{product_id}")
         email = register(page)
@@ -173,7 +172,7 @@ def test_a_price_changed_by_the_admin_while_in_a_cart_is_shown_before_the_order(
         expect(page.locator("#cart-total")).to_have_text("$12.50")
 
         # While the customer looks at the checkout, the price goes up.
-        edit.get_by_label(f"Price of {name} ($)").fill("14.75")
+        edit.get_by_label(f"Price ($) of {name}").fill("14.75")
         edit.get_by_role("button", name="Save").click()
         expect(admin_page.get_by_text(f"Saved {name}.")).to_be_visible()
 
@@ -193,6 +192,9 @@ def test_a_price_changed_by_the_admin_while_in_a_cart_is_shown_before_the_order(
         # The administrator ships and delivers it; the customer sees it.
         admin_page.reload()
         row = admin_page.locator(f"tr[data-order-id='{order_id}']")
+        expect(row).to_be_visible()
+        admin_page.evaluate("window.scrollTo(0, 0)")
+        snap(admin_page, "admin-desktop")
         row.get_by_role("button", name="Mark shipped").click()
         expect(row.get_by_role("button", name="Mark delivered")).to_be_visible()
         row.get_by_role("button", name="Mark delivered").click()

@@ -4,7 +4,10 @@ import { fieldErrors, humanMessage } from './errors.js';
 
 let counter = 0;
 
-/** A labelled input: {element, input}; `name` is the API's field path (e.g. cardDetails.cvv). */
+/**
+ * A labelled input: {element, input}; `name` is the API's field path (e.g. cardDetails.cvv),
+ * `label` a string or nodes.
+ */
 export function field({ name, label, type = 'text', hint, value, ...attributes }) {
   const id = `f${++counter}-${name.replace(/[^A-Za-z0-9]/g, '-')}`;
   const error = h('p', { class: 'field-error', id: `${id}-error` });

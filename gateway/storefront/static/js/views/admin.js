@@ -67,17 +67,24 @@ function newProductForm(onAdded) {
   return form;
 }
 
+/** A visible label, made unique for assistive technology by the product it belongs to. */
+function labelOf(text, product) {
+  return [text, h('span', { class: 'visually-hidden' }, ` of ${product.name}`)];
+}
+
 function productRow(product) {
   const priceText = (toCents(product.price) / 100).toFixed(2);
-  const name = field({ name: 'name', label: `Name of ${product.id}`, value: product.name });
-  const price = field({ name: 'price', label: `Price of ${product.name} ($)`, value: priceText, inputmode: 'decimal' });
-  const stock = field({ name: 'stock', label: `Stock of ${product.name}`, type: 'number', min: '0', value: product.stock });
+  const name = field({ name: 'name', label: labelOf('Name', product), value: product.name });
+  const price = field({ name: 'price', label: labelOf('Price ($)', product), value: priceText, inputmode: 'decimal' });
+  const stock = field({ name: 'stock', label: labelOf('Stock', product), type: 'number', min: '0', value: product.stock });
   const submit = h('button', { class: 'button secondary', type: 'submit' }, 'Save');
   const form = h(
     'form',
-    { class: 'panel stack', novalidate: true, 'data-product-id': product.id, 'aria-label': `Edit ${product.name}` },
-    h('p', { class: 'muted' }, `${product.id} · ${formatCents(toCents(product.price))} · ${product.stock} in stock`),
-    h('div', { class: 'row' }, name.element, price.element, stock.element),
+    { class: 'panel product-edit', novalidate: true, 'data-product-id': product.id, 'aria-label': `Edit ${product.name}` },
+    h('p', { class: 'muted summary' }, `${product.id} · ${formatCents(toCents(product.price))} · ${product.stock} in stock`),
+    name.element,
+    price.element,
+    stock.element,
     submit,
   );
   form.addEventListener('submit', async (event) => {
@@ -91,7 +98,7 @@ function productRow(product) {
         api('PATCH', `/api/products/${encodeURIComponent(product.id)}`, { body, auth: true }),
       );
       clearErrors(form);
-      form.querySelector('.muted').textContent =
+      form.querySelector('.summary').textContent =
         `${saved.id} · ${formatCents(toCents(saved.price))} · ${saved.stock} in stock`;
       formMessage(form).append(h('p', { class: 'notice notice-ok' }, `Saved ${saved.name}.`));
     } catch (error) {
@@ -157,8 +164,12 @@ export async function adminView(ctx) {
   replace(
     ctx.main,
     h('h1', {}, 'Administration'),
-    h('section', { 'aria-labelledby': 'orders-heading' }, h('h2', { id: 'orders-heading' }, 'Orders to ship or deliver'), fulfilmentArea),
-    newProductForm((product) => productsArea.prepend(productRow(product))),
+    h(
+      'div',
+      { class: 'admin-forms' },
+      newProductForm((product) => productsArea.prepend(productRow(product))),
+      h('section', { 'aria-labelledby': 'orders-heading' }, h('h2', { id: 'orders-heading' }, 'Orders to ship or deliver'), fulfilmentArea),
+    ),
     h('section', { 'aria-labelledby': 'products-heading' }, h('h2', { id: 'products-heading' }, 'Products and stock'), productsArea),
   );
   await Promise.all([drawFulfilment(fulfilmentArea, ctx.signal), drawProducts()]);
