@@ -44,6 +44,12 @@ def test_a_newcomer_registers_buys_two_products_pays_cancels_and_sees_the_refund
     page.reload()
     page.get_by_role("link", name="Cart, 3 items").click()
     expect(page.locator("#cart-total")).to_have_text("$208.99")
+    page.get_by_label("Quantity of Mechanical Keyboard").fill("3")
+    page.get_by_label("Quantity of Mechanical Keyboard").press("Tab")
+    expect(page.locator("#cart-total")).to_have_text("$298.49")
+    page.get_by_label("Quantity of Mechanical Keyboard").fill("2")
+    page.get_by_label("Quantity of Mechanical Keyboard").press("Tab")
+    expect(page.locator("#cart-total")).to_have_text("$208.99")
     snap(page, "cart-desktop")
 
     page.get_by_role("link", name="Check out").click()
