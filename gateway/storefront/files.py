@@ -60,12 +60,17 @@ CONTENT_TYPES = {
 }
 
 
-@lru_cache(maxsize=128)
 def _read(relative: str) -> tuple[bytes, str] | None:
     """The bytes and ETag of ``static/<relative>``, or None if it is not a file in there."""
     path = (STATIC_DIR / relative).resolve()
     if not path.is_relative_to(STATIC_DIR.resolve()) or not path.is_file():
         return None
+    return _load(path, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=128)
+def _load(path: Path, mtime_ns: int) -> tuple[bytes, str]:
+    """Read once per version of the file: an edited file is served new without a restart."""
     content = path.read_bytes()
     return content, hashlib.sha256(content).hexdigest()[:32]
 

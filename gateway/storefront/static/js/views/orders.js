@@ -10,6 +10,10 @@ export const STATUSES = ['pending', 'paid', 'shipped', 'delivered', 'cancelled',
 const PAGE_SIZE = 10;
 /** How often an open order is asked for news while something is on its way. */
 const POLL_MS = 1000;
+/** After this many answers without the news, ask every five seconds. */
+const SLOW_POLL_AFTER = 30;
+/** The status filter had the focus when it changed the page: give it back. */
+let refocusFilter = false;
 
 export function statusBadge(status) {
   const label = status.charAt(0).toUpperCase() + status.slice(1);
@@ -28,7 +32,10 @@ export async function ordersView(ctx) {
     'select',
     {
       id: 'status-filter',
-      onchange: () => ctx.go(select.value ? `#/orders?status=${select.value}` : '#/orders'),
+      onchange: () => {
+        refocusFilter = true;
+        ctx.go(select.value ? `#/orders?status=${select.value}` : '#/orders');
+      },
     },
     h('option', { value: '' }, 'All orders'),
     STATUSES.map((s) => h('option', { value: s, selected: s === status }, s.charAt(0).toUpperCase() + s.slice(1))),
@@ -36,6 +43,8 @@ export async function ordersView(ctx) {
   const toolbar = h('div', { class: 'toolbar' }, h('div', { class: 'field' }, h('label', { for: 'status-filter' }, 'Show'), select));
   const results = h('div', { 'aria-live': 'polite' }, h('p', { class: 'loading' }, 'Loading your orders…'));
   replace(ctx.main, h('h1', {}, 'Your orders'), toolbar, results);
+  if (refocusFilter) select.focus();
+  refocusFilter = false;
   const query = new URLSearchParams({ page: String(page), limit: String(PAGE_SIZE) });
   if (status) query.set('status', status);
   const list = await api('GET', `/api/orders?${query}`, { auth: true, signal: ctx.signal });
@@ -208,7 +217,9 @@ export async function orderView(ctx) {
     );
   };
 
-  /** Ask again; keep asking while the customer waits for news. */
+  /** Ask again; keep asking while the customer waits for news (less often as it lasts). */
+  let polls = 0;
+  const pollLater = (delay) => (pollTimer = setTimeout(() => refresh(), delay));
   async function refresh({ keepForm = false } = {}) {
     clearTimeout(pollTimer);
     try {
@@ -216,12 +227,15 @@ export async function orderView(ctx) {
     } catch (error) {
       if (error.name === 'AbortError' || error.status === 401) return;
       replace(waiting, humanMessage(error));
+      pollLater((error.retryAfter ?? 2) * 1000);
+      return;
     }
     draw({ keepForm });
-    if (awaited(state)) pollTimer = setTimeout(() => refresh(), POLL_MS);
+    polls += 1;
+    if (awaited(state)) pollLater(polls < SLOW_POLL_AFTER ? POLL_MS : 5 * POLL_MS);
   }
 
   replace(ctx.main, h('h1', {}, `Order ${shortId(orderId)}`), statusArea, waiting, body);
   draw();
-  if (awaited(state)) pollTimer = setTimeout(() => refresh(), POLL_MS);
+  if (awaited(state)) pollLater(POLL_MS);
 }
