@@ -8,7 +8,6 @@ the test on a console error, a failed request or an HTTP error it did not expect
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import time
 import uuid
@@ -142,11 +141,10 @@ def chromium():
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     yield browser
     browser.close()
-    # Under eventlet's monkey patch Playwright's stop never returns, though its driver
-    # has exited (asyncio's child watcher runs on a green thread): bound the wait.
+    # Under the suite's eventlet monkey patch, Playwright's stop does not return even
+    # though its driver process has exited: bound the wait.
     with eventlet.Timeout(5, False):
         playwright.stop()
-    asyncio.set_event_loop(None)
 
 
 @dataclass

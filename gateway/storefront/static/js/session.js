@@ -10,6 +10,8 @@ let access = null; // {token, expiresAt}
 let profile = null;
 let refreshing = null;
 let timer = null;
+/** While a reload restores the session, a dead one is dropped quietly (the page is public). */
+let restoring = false;
 const listeners = new Set();
 
 function unauthorized() {
@@ -81,10 +83,13 @@ export const session = {
   /** After a reload: a stored refresh token becomes a new session, quietly. */
   async restore() {
     if (!sessionStorage.getItem(REFRESH_TOKEN_KEY)) return;
+    restoring = true;
     try {
       await refresh();
     } catch {
       // expired or unreachable: the visitor browses signed out, and can log in again
+    } finally {
+      restoring = false;
     }
   },
 
@@ -123,7 +128,7 @@ export const session = {
   expire() {
     const was = access !== null || sessionStorage.getItem(REFRESH_TOKEN_KEY) !== null;
     forget();
-    if (was) notify('expired');
+    if (was && !restoring) notify('expired');
   },
 
   updateProfile(updated) {
