@@ -9,18 +9,13 @@ the test on a console error, a failed request or an HTTP error it did not expect
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-import yaml
 
 from devtools.embedded import free_port
-from tests.e2e.conftest import Api
-from tests.fixtures.brokers import _forget_connections, redis_broker
-from tests.fixtures.processes import ServiceProcess
+from tests.browser.shop import SERVICES, Shop, private_redis_broker
 from tests.fixtures.services import TEST_JWT_SECRET
 
 CHROMIUM = "/usr/bin/chromium"
@@ -37,7 +32,6 @@ CHROMIUM_ARGS = [
 ADMIN_EMAIL, ADMIN_PASSWORD = "admin@example.com", "admin-password-123"
 #: Logins per account and minute: low, so the 429 path is reachable in a test.
 LOGIN_LIMIT = 6
-SERVICES = ("users", "orders", "payments", "gateway")
 EXPECT_TIMEOUT_MS = 15_000
 
 
@@ -47,59 +41,14 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.browser)
 
 
-class Shop:
-    """The running shop: its URL, an API client, and its processes by service name."""
-
-    def __init__(self, config: dict, directory: Path):
-        self.config = config
-        self.directory = directory
-        self.config_path = directory / "config.yml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.url = f"http://{config['WEB_SERVER_ADDRESS']}"
-        self.api = Api(self.url)
-        self.processes: dict[str, ServiceProcess] = {}
-
-    def start(self, service: str) -> None:
-        self.processes[service] = ServiceProcess(
-            self.config_path, [f"{service}.service"], service, self.directory
-        )
-
-    def stop(self, service: str) -> None:
-        self.processes.pop(service).terminate()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(p.process.poll() is not None for p in self.processes.values()):
-                break
-            try:
-                if self.api("GET", "/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        logs = "\n".join(f"--- {n}\n{p.log()[-3000:]}" for n, p in self.processes.items())
-        raise AssertionError(f"the shop is not ready:\n{logs}")
-
-    def admin_token(self) -> str:
-        status, _, tokens = self.api(
-            "POST", "/api/users/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
-        )
-        assert status == 200, tokens
-        return tokens["accessToken"]
-
-    def close(self) -> None:
-        for process in self.processes.values():
-            process.close()
-
-
 @pytest.fixture(scope="module")
 def shop(redis_url, mongo_server, mongo_client, tmp_path_factory):
-    broker, cleanup = redis_broker(redis_url)
-    _forget_connections()
+    transport_options, cleanup = private_redis_broker(redis_url)
     suffix = uuid.uuid4().hex[:8]
     databases = {name: f"browser_{suffix}_{name}" for name in ("users", "orders", "payments")}
-    config = broker.config(
+    config = dict(
+        AMQP_URI=redis_url,
+        TRANSPORT_OPTIONS=transport_options,
         MONGO_URI=mongo_server.uri,
         MONGO_DATABASES=databases,
         REDIS_URL=redis_url,
