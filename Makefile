@@ -17,19 +17,27 @@ USING = @echo "make $@: Python $(PYTHON_VERSION) ($(PYTHON)), virtualenv $(VENV)
 VERSION_TESTS = tests/unit nameko-redis-transport/tests tests/integration/test_flows.py \
 	tests/integration/test_container_start.py tests/integration/test_run_the_shop.py
 
-.PHONY: run test test-version lint install
+.PHONY: run test test-version lint install chromium
 
 run: install
 	$(USING)
 	$(BIN)/python -m devtools.run
 
-test: install lint
+test: install lint chromium
 	$(USING)
 	$(BIN)/python -m pytest
 
 test-version: install
 	$(USING)
 	$(BIN)/python -m pytest $(VERSION_TESTS)
+
+# The browser tests (tests/browser) drive Debian's Chromium: installed here when we are
+# root, otherwise the one command to run.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 \
+		&& apt-get update && apt-get install -y chromium; } \
+		|| { echo "Chromium is missing: run 'sudo apt-get install -y chromium', then make test"; exit 1; }
 
 lint: install
 	$(BIN)/ruff check .

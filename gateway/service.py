@@ -14,6 +14,7 @@ from werkzeug.wrappers import Request, Response
 from common.errors import MethodNotAllowed, NotFound
 from common.logs import RequestContext
 from gateway import routes as R
+from gateway import storefront  # the module: `nameko run` would take its class as a service
 from gateway.edge import DOWNSTREAM_SERVICES, Call, Edge
 from gateway.http import json_response, with_request_id
 from gateway.openapi import openapi_document
@@ -33,7 +34,7 @@ def _query(call: Call, *names: str) -> dict[str, str]:
     return {renamed.get(name, name): call.query[name] for name in names if name in call.query}
 
 
-class GatewayService:
+class GatewayService(storefront.StorefrontEntrypoints):
     name = "gateway"
     config = Config()
     request_context = RequestContext()
@@ -165,10 +166,14 @@ class GatewayService:
 
     @http(ALL_METHODS, "/<path:path>")
     def unknown(self, request: Request, path: str):
+        if storefront.prefers_html(request):
+            return storefront.not_found_page(request)
         return self.edge.handle(request, UNKNOWN, lambda c: _refuse(request))
 
     @http(ALL_METHODS, "/")
     def root(self, request: Request):
+        if request.method in ("GET", "HEAD"):
+            return storefront.page_response(request)
         return self.edge.handle(request, UNKNOWN, lambda c: _refuse(request))
 
     # -- operations ----------------------------------------------------------
