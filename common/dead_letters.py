@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.extensions import DependencyProvider, SharedExtension
-from nameko.rpc import rpc
+from nameko_redis_transport.nameko.rpc import rpc
 from prometheus_client.core import GaugeMetricFamily
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection

@@ -37,7 +37,7 @@ from typing import Any
 import eventlet
 import redis
 from eventlet.queue import LightQueue
-from nameko.events import EventDispatcher
+from nameko_redis_transport.nameko.events import EventDispatcher
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 

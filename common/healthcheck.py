@@ -25,7 +25,7 @@ HEALTH_METHOD = "health"
 
 def check_rpc(service: str, config_path: str, timeout: float) -> None:
     """Call ``<service>.health()``; raises on failure or after ``timeout`` s."""
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from nameko_redis_transport.nameko.standalone.rpc import ClusterRpcProxy
 
     config = load_config(config_path)
     with ClusterRpcProxy(config, timeout=timeout) as cluster:

@@ -7,8 +7,8 @@ checks every request goes through live in gateway/edge.py, errors in gateway/err
 from __future__ import annotations
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
 from nameko.web.handlers import http
+from nameko_redis_transport.nameko.rpc import RpcProxy
 from werkzeug.wrappers import Request, Response
 
 from common.errors import MethodNotAllowed, NotFound

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from nameko.rpc import rpc
 from nameko.timer import timer
+from nameko_redis_transport.nameko.rpc import rpc
 
 from common import dead_letters, ops_http
 from common.auth import Auth, Caller

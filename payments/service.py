@@ -16,8 +16,8 @@ from typing import Any
 
 from marshmallow import ValidationError
 from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.rpc import RpcProxy, rpc
 from nameko.timer import timer
+from nameko_redis_transport.nameko.rpc import RpcProxy, rpc
 
 from common import dead_letters, ops_http
 from common.auth import Auth

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from nameko.rpc import rpc
 from nameko.timer import timer
+from nameko_redis_transport.nameko.rpc import rpc
 
 from common import ops_http
 from common.clock import utc_now

@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 from nameko.containers import ServiceContainer
-from nameko.rpc import rpc
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
+from nameko_redis_transport.nameko.rpc import rpc
 
 from common import dead_letters, ops_http
 from common.event_handlers import event_handler

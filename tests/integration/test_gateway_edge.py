@@ -8,7 +8,7 @@ import urllib.request
 
 import eventlet
 import pytest
-from nameko.rpc import rpc
+from nameko_redis_transport.nameko.rpc import rpc
 
 from common.tokens import TokenIssuer
 from devtools.embedded import free_port

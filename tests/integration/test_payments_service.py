@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 from nameko.events import event_handler
-from nameko.rpc import rpc
 from nameko.standalone.events import event_dispatcher
+from nameko_redis_transport.nameko.rpc import rpc
 
 from common.auth import Auth
 from common.errors import (
