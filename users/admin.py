@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from marshmallow import ValidationError, validate
 
 from common.settings import Setting, SettingError, Settings, text
 from common.tokens import ROLE_ADMIN, SHOP_ENV, check_secret_for_environment
-from users.domain import ADMIN_NAME, PASSWORD_MIN_LENGTH, new_user, normalize_email
-
-if TYPE_CHECKING:
-    from users.store import UsersStore
+from users.domain import ADMIN_NAME, PASSWORD_MIN_LENGTH, User, new_user, normalize_email
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +65,16 @@ class Hasher(Protocol):
     def hash(self, password: str) -> str: ...
 
 
+class AdminAccounts(Protocol):
+    """What :func:`ensure_admin` needs of the users store (``users.store.UsersStore``)."""
+
+    def find_by_email(self, email: str) -> User | None: ...
+
+    def insert_admin(self, admin: User) -> bool: ...
+
+
 def ensure_admin(
-    store: UsersStore, email: str, password: str, hasher: Hasher, now: datetime
+    store: AdminAccounts, email: str, password: str, hasher: Hasher, now: datetime
 ) -> bool:
     """Create the admin account unless it exists; True when this call created it.
 

@@ -11,11 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import redis
 import yaml
+from nameko_redis_transport.testing.brokers import redis_broker
 
 from tests.e2e.conftest import Api
 
@@ -104,20 +103,6 @@ class Shop:
 
 def private_redis_broker(redis_url: str) -> tuple[dict, callable]:
     """Transport options that keep this shop's queues under a key prefix of its own, and
-    the cleanup that deletes them."""
-    prefix = f"browser-{uuid.uuid4().hex[:10]}:"
-    options = {
-        "global_keyprefix": prefix,
-        "visibility_timeout": 3,
-        "auto_delete_queue_ttl": 3000,
-        "binding_sweep_interval": 1,
-    }
-
-    def cleanup() -> None:
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-    return options, cleanup
+    the cleanup that deletes them (the library's test broker, as the other tests use it)."""
+    broker, cleanup = redis_broker(redis_url)
+    return dict(broker.transport_options), cleanup
