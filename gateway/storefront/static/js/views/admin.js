@@ -48,6 +48,17 @@ function newProductForm(onAdded) {
     id.element,
     submit,
   );
+  onProductSubmit(form, submit, 'Adding…', (body) => api('POST', '/api/products', { body, auth: true }), (product) => {
+    form.reset();
+    clearErrors(form);
+    formMessage(form).append(h('p', { class: 'notice notice-ok' }, `Added ${product.name}.`));
+    onAdded(product);
+  });
+  return form;
+}
+
+/** Checks a product form, sends it with `send(body)` while `submit` shows `busyText`, then `done(product)`. */
+function onProductSubmit(form, submit, busyText, send, done) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (submit.disabled) return;
@@ -55,16 +66,11 @@ function newProductForm(onAdded) {
     const { body, problems } = productBody(values(form));
     if (Object.keys(problems).length) return showError(form, invalid(problems));
     try {
-      const product = await whileBusy(submit, 'Adding…', () => api('POST', '/api/products', { body, auth: true }));
-      form.reset();
-      clearErrors(form);
-      formMessage(form).append(h('p', { class: 'notice notice-ok' }, `Added ${product.name}.`));
-      onAdded(product);
+      done(await whileBusy(submit, busyText, () => send(body)));
     } catch (error) {
       if (error.status !== 401) showError(form, error);
     }
   });
-  return form;
 }
 
 /** A visible label, made unique for assistive technology by the product it belongs to. */
@@ -87,23 +93,12 @@ function productRow(product) {
     stock.element,
     submit,
   );
-  form.addEventListener('submit', async (event) => {
-    event.preventDefault();
-    if (submit.disabled) return;
+  const send = (body) => api('PATCH', `/api/products/${encodeURIComponent(product.id)}`, { body, auth: true });
+  onProductSubmit(form, submit, 'Saving…', send, (saved) => {
     clearErrors(form);
-    const { body, problems } = productBody(values(form));
-    if (Object.keys(problems).length) return showError(form, invalid(problems));
-    try {
-      const saved = await whileBusy(submit, 'Saving…', () =>
-        api('PATCH', `/api/products/${encodeURIComponent(product.id)}`, { body, auth: true }),
-      );
-      clearErrors(form);
-      form.querySelector('.summary').textContent =
-        `${saved.id} · ${formatCents(toCents(saved.price))} · ${saved.stock} in stock`;
-      formMessage(form).append(h('p', { class: 'notice notice-ok' }, `Saved ${saved.name}.`));
-    } catch (error) {
-      if (error.status !== 401) showError(form, error);
-    }
+    form.querySelector('.summary').textContent =
+      `${saved.id} · ${formatCents(toCents(saved.price))} · ${saved.stock} in stock`;
+    formMessage(form).append(h('p', { class: 'notice notice-ok' }, `Saved ${saved.name}.`));
   });
   return h('li', {}, form);
 }
