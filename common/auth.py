@@ -22,6 +22,7 @@ from nameko.constants import AUTH_TOKEN_CONTEXT_KEY
 from nameko.extensions import DependencyProvider, SharedExtension
 
 from common.errors import Forbidden, Unauthorized
+from common.redis_clients import client_for, unavailable_as_503
 from common.settings import Setting, Settings, text
 from common.tokens import (
     ACCESS_TOKEN,
@@ -34,6 +35,8 @@ from common.tokens import (
 )
 
 DEFAULT_REDIS_KEY_PREFIX = "shop:"
+#: What a 503 names when Redis does not answer a revocation check.
+REVOCATION_STORE = "token revocation store"
 #: Seconds a Redis command may take: well inside an RPC's timeout and a request's.
 REDIS_SOCKET_TIMEOUT = 2.0
 AUTHENTICATION_REQUIRED = "Authentication required: send an access token."
@@ -54,7 +57,10 @@ class AuthSettings(Settings):
     )
     jwt_issuer = Setting("JWT_ISSUER", text, DEFAULT_ISSUER, "The tokens' ``iss`` claim.")
     redis_url = Setting(
-        "REDIS_URL", text, "redis://127.0.0.1:6379/0", "Redis holding revocations (and limits)."
+        "REDIS_URL",
+        text,
+        "redis://127.0.0.1:6379/0",
+        "Redis holding revocations (and limits); redis://, rediss:// or sentinel://.",
     )
     redis_key_prefix = Setting(
         "REDIS_KEY_PREFIX", text, DEFAULT_REDIS_KEY_PREFIX, "Prefix of the shop's Redis keys."
@@ -88,11 +94,13 @@ class RevocationList:
     def is_revoked(self, claims: dict[str, Any]) -> bool:
         """Whether the token with these (verified) claims was revoked; one round trip."""
         keys = [self._token_key(claims["jti"]), self._session_key(claims["sid"])]
-        return self.client.exists(*keys) > 0
+        with unavailable_as_503(REVOCATION_STORE):
+            return self.client.exists(*keys) > 0
 
     def _remember(self, key: str, expires_at: int) -> None:
         if expires_at > time.time():
-            self.client.set(key, 1, exat=int(expires_at) + 1)
+            with unavailable_as_503(REVOCATION_STORE):
+                self.client.set(key, 1, exat=int(expires_at) + 1)
 
 
 @dataclass(frozen=True)
@@ -159,8 +167,11 @@ class Authentication(SharedExtension):
     def setup(self) -> None:
         self.settings = AuthSettings.read(self.container.config)
         self.verifier = TokenVerifier(self.settings.jwt_secret, issuer=self.settings.jwt_issuer)
-        self.redis = redis.Redis.from_url(
-            self.settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT
+        self.redis = client_for(
+            self.settings.redis_url,
+            self.container.config,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
         )
         self.revocations = RevocationList(self.redis, self.settings.redis_key_prefix)
 

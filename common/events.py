@@ -38,10 +38,12 @@ import eventlet
 import redis
 from eventlet.queue import LightQueue
 from nameko_redis_transport.nameko.events import EventDispatcher
+from nameko_redis_transport.urls import redis_client
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 from common.broker_durability import AofFence, NotDurable, is_redis_url, probe
+from common.redis_clients import SentinelSettings
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +179,9 @@ class Outbox(EventDispatcher):
         url = self.container.config["AMQP_URI"]
         if not is_redis_url(url):
             return
+        master_name = SentinelSettings.read(self.container.config).master_name
         try:
-            durability = probe(url)
+            durability = probe(url, master_name=master_name)
         except redis.RedisError as exc:
             durability = None
             log.warning("could not ask the broker about durability (%s); confirming anyway", exc)
@@ -190,8 +193,12 @@ class Outbox(EventDispatcher):
                 extra={"broker": durability.description},
             )
             return
-        self._client = redis.Redis.from_url(url, socket_timeout=10)
+        self._client = redis_client(url, master_name, socket_timeout=10, socket_connect_timeout=5)
         self.fence = AofFence(self._client, FENCE_KEY_TEMPLATE.format(self.container.service_name))
+        try:
+            self.fence.prime()
+        except redis.RedisError as exc:  # the first confirmation learns it instead
+            log.warning("could not ask the broker which server is its primary: %s", exc)
         self.container.spawn_managed_thread(self._confirm_forever)
 
     def stop(self) -> None:

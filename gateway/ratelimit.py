@@ -2,7 +2,9 @@
 
 A fixed one-minute window per key (client IP, or the account for logins): one INCR and,
 for a new window, one EXPIRE, in a single round trip. Over the limit: 429 ``RATE_LIMITED``
-with ``Retry-After`` = the seconds left in the window.
+with ``Retry-After`` = the seconds left in the window. Redis unreachable (a Sentinel
+failover): 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After``, not a request let through
+uncounted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 import redis
 
 from common.errors import RateLimited
+from common.redis_clients import unavailable_as_503
 
 WINDOW_SECONDS = 60
 
@@ -28,7 +31,7 @@ class RateLimiter:
         now = time.time()
         window = int(now // WINDOW_SECONDS)
         redis_key = f"{self.prefix}ratelimit:{scope}:{key}:{window}"
-        with self.client.pipeline(transaction=False) as pipe:
+        with unavailable_as_503("rate limit store"), self.client.pipeline(False) as pipe:
             pipe.incr(redis_key)
             pipe.expire(redis_key, WINDOW_SECONDS + 1, nx=True)
             count, _ = pipe.execute()

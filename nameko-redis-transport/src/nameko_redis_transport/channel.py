@@ -27,6 +27,7 @@ from nameko_redis_transport.delivery import (
 )
 from nameko_redis_transport.options import registered_transport_options
 from nameko_redis_transport.publishing import PublishingMixin
+from nameko_redis_transport.urls import DEFAULT_MASTER_NAME
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,24 @@ class Channel(PublishingMixin, ConsumingMixin, kombu_redis.Channel):
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):
-    """The fixed channel, reaching Redis through Sentinel."""
+    """The fixed channel, reaching Redis through Sentinel.
+
+    Its connections ask the sentinels for the primary when they connect, so after a
+    failover kombu's reconnect lands on the new primary; the Lua scripts, unknown
+    there, are loaded again on their first NOSCRIPT (``RedisClientsMixin.run_script``).
+    """
 
     from_transport_options = tuple(
         dict.fromkeys(
             Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options
         )
     )
+
+    #: ``master_name`` when the transport options name none (or name it ``None``:
+    #: an unset ``${REDIS_SENTINEL_MASTER}`` in a config file).
+    master_name = DEFAULT_MASTER_NAME
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        if self.master_name is None:
+            self.master_name = DEFAULT_MASTER_NAME
+        return super()._sentinel_managed_pool(asynchronous)

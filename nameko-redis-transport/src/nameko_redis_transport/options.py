@@ -20,11 +20,15 @@ _options_by_broker: dict[str, dict[str, Any]] = {}
 
 
 def broker_key(uri: str) -> str:
-    """A key naming one broker: scheme, host, port and database, no secrets."""
-    parts = urlsplit(uri)
+    """A key naming one broker: scheme, host, port and database, no secrets.
+
+    A Sentinel URI (``sentinel://h1:p;sentinel://h2:p``) is named by its first
+    sentinel, as kombu's ``Connection.as_uri()`` names it.
+    """
+    parts = urlsplit(uri.split(";")[0])
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
+    return f"{parts.scheme}://{host}{port}/{parts.path.strip('/')}"
 
 
 def split_uri_options(uri: str) -> tuple[str, dict[str, Any]]:

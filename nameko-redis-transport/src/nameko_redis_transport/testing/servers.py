@@ -219,6 +219,13 @@ class EmbeddedServer:
         self._port = None
         self._cleanup()
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash of its host would; its data stays for a restart."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
     def restart(
         self,
         kill: bool = False,
@@ -348,6 +355,7 @@ class EmbeddedRedis(EmbeddedServer):
         data_dir: str | os.PathLike[str] | None = None,
         durable: bool = True,
         appendfsync: str = APPENDFSYNC,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(port=port, host=host)
         # Imported here: the embedded servers are an optional extra
@@ -365,6 +373,8 @@ class EmbeddedRedis(EmbeddedServer):
         self._tempdir: Path | None = None
         self.durable = durable
         self.appendfsync = appendfsync
+        #: More ``--option value`` arguments, after the ones above (``--replicaof``).
+        self.extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:
@@ -406,6 +416,7 @@ class EmbeddedRedis(EmbeddedServer):
             *("--daemonize", "no"),
             *("--protected-mode", "yes"),
             *("--logfile", ""),
+            *self.extra_args,
         ]
 
     def _answers_as(self, port: int, timeout: float) -> int | None:
