@@ -16,6 +16,7 @@ from common.auth import AuthSettings
 from common.config import ConfigLoader, load_config, merge_config
 from common.event_handlers import EventRetrySettings
 from common.mongo import Mongo, MongoSettings
+from common.redis_clients import SentinelSettings
 from common.settings import Settings, SettingsProvider
 from gateway.edge import GatewaySettings
 from orders.service import OrdersSettings
@@ -50,6 +51,7 @@ DECLARATIONS = (
     OrdersSettings,
     PaymentsSettings,
     EventRetrySettings,
+    SentinelSettings,
 )
 
 TRICKY = textwrap.dedent(

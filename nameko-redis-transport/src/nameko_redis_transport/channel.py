@@ -93,11 +93,11 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
         )
     )
 
-    #: ``master_name`` when the transport options name none (or name it ``None``:
+    #: ``master_name`` when the transport options name none (or name it ``None`` or ``''``:
     #: an unset ``${REDIS_SENTINEL_MASTER}`` in a config file).
     master_name = DEFAULT_MASTER_NAME
 
     def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
-        if self.master_name is None:
+        if not self.master_name:
             self.master_name = DEFAULT_MASTER_NAME
         return super()._sentinel_managed_pool(asynchronous)
