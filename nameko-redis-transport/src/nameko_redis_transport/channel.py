@@ -101,3 +101,19 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
         if not self.master_name:
             self.master_name = DEFAULT_MASTER_NAME
         return super()._sentinel_managed_pool(asynchronous)
+
+    def _disconnect_pools(self) -> None:
+        """Kombu's, but the connections to the sentinels that a green thread is using
+        (asking where the primary went, in an ack or a publish) are left to it.
+
+        Kombu closes every sentinel connection when its channel reconnects, in use or
+        not; the green thread reading one then fails with ``ValueError: I/O operation
+        on closed file``, which no retry treats as a connection error. Idle ones are
+        closed; one in use is closed by its pool when it is collected.
+        """
+        managers = (self._sentinel_manager, self._async_sentinel_manager)
+        self._sentinel_manager = self._async_sentinel_manager = None
+        super()._disconnect_pools()
+        for manager in managers:
+            for sentinel in getattr(manager, "sentinels", ()):
+                sentinel.connection_pool.disconnect(inuse_connections=False)

@@ -9,6 +9,7 @@ a reply's publish remove its request's slot (:func:`acking_with_reply`).
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from kombu.transport import virtual
 
 from nameko_redis_transport.polling import MultiChannelPoller
 from nameko_redis_transport.scripts import ACK_SCRIPT
+
+log = logging.getLogger(__name__)
 
 #: Seconds a delivered, unacknowledged message stays invisible before another
 #: consumer may take it. Live consumers keep extending it for the messages
@@ -105,9 +108,30 @@ class QoS(kombu_redis.QoS):
         if delivery_tag in self._slots_removed:
             self._slots_removed.discard(delivery_tag)
         elif delivery_tag in self._delivered:
-            self._remove_slot(delivery_tag)
+            with self._slot_kept_if_connection_lost(delivery_tag, "ack"):
+                self._remove_slot(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
         self._credit_returned()
+
+    @contextmanager
+    def _slot_kept_if_connection_lost(self, delivery_tag: str, what: str) -> Iterator[None]:
+        """An ack (or reject) that cannot reach Redis leaves the slot for redelivery.
+
+        The broker went away (a crash, a Sentinel failover) while a worker ran: the slot
+        stays in Redis and the message goes back to its queue after the visibility
+        timeout, as RabbitMQ requeues what a lost connection held unacked. Nameko's
+        ``ack_message`` expects exactly that and ignores a lost connection; left to
+        rise, redis-py's error would kill the container from its worker's result
+        handler. ``ValueError``: redis-py reading a socket that the channel's
+        reconnect closed under it ("I/O operation on closed file").
+        """
+        try:
+            yield
+        except (*self.channel.connection_errors, ValueError) as exc:
+            log.warning(
+                "could not %s %s (%s: %s); redelivered after the visibility timeout",
+                what, delivery_tag, type(exc).__name__, exc,
+            )  # fmt: skip
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         try:
@@ -115,10 +139,12 @@ class QoS(kombu_redis.QoS):
                 self._slots_removed.discard(delivery_tag)
                 virtual.QoS.ack(self, delivery_tag)
             elif requeue or delivery_tag not in self._delivered:
-                self.channel.confirm_recorded(delivery_tag)  # restore_by_tag reads the slot
-                super().reject(delivery_tag, requeue=requeue)
+                with self._slot_kept_if_connection_lost(delivery_tag, "requeue"):
+                    self.channel.confirm_recorded(delivery_tag)  # restore_by_tag reads it
+                    super().reject(delivery_tag, requeue=requeue)
             else:
-                self._remove_slot(delivery_tag)
+                with self._slot_kept_if_connection_lost(delivery_tag, "reject"):
+                    self._remove_slot(delivery_tag)
                 virtual.QoS.ack(self, delivery_tag)
         finally:
             self._credit_returned()
