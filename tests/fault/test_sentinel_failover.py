@@ -13,6 +13,8 @@ per order, the client retrying with its ``Idempotency-Key``), stock conserved.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,7 +89,7 @@ class Customer:
             if 200 <= status < 300:
                 return payload
             call.retry_after = headers.get("Retry-After") if headers else None
-            call.error = (payload or {}).get("error")
+            call.error = f"{(payload or {}).get('error')}: {(payload or {}).get('message')}"
             time.sleep(min(float(call.retry_after or 1), 1.0))
 
     def buy(self) -> None:
@@ -279,3 +281,12 @@ def test_orders_and_payments_continue_after_the_broker_primary_is_killed(shop):
     assert (applied, duplicated) == (len(customer.paid), 0), charges
     assert all(count == 1 for count in charges.values()), charges
     assert_invariants(shop)
+
+    # Readiness and the container health check reach the new primary too.
+    assert wait_for(lambda: shop.api("GET", "/ready")[0] == 200, timeout=30)
+    check = subprocess.run(
+        [sys.executable, "-m", "common.healthcheck", "rpc", "orders",
+         "--config", str(shop.config_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr

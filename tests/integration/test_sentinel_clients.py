@@ -1,0 +1,68 @@
+"""The shop's own Redis clients on a real Sentinel topology: the durability fence waits
+for a replica and never confirms across a failover; the revocation list follows the
+primary."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from nameko_redis_transport.testing.sentinel import SentinelTopology
+
+from common.auth import RevocationList
+from common.broker_durability import AofFence, NotDurable, probe
+from common.errors import ServiceUnavailable
+from common.redis_clients import client_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def topology(tmp_path):
+    with SentinelTopology(data_dir=tmp_path) as made:
+        yield made
+
+
+def test_the_fence_waits_for_a_replica_and_refuses_to_confirm_across_a_failover(topology):
+    config = {"REDIS_SENTINEL_MASTER": topology.master_name}
+    assert probe(topology.url, master_name=topology.master_name).confirms
+    client = client_for(topology.url, config, socket_timeout=2)
+    fence = AofFence(client, "test:fence")
+    fence.prime()
+    client.lpush("queue", "event-1")
+    fence.confirm()
+    # Confirmed means on the replica too: it is there after the primary dies.
+    old = topology.kill_primary()
+    topology.wait_for_failover(old)
+    assert wait_until(lambda: client.lrange("queue", 0, -1) == [b"event-1"])
+
+    # Writes since the last confirmation may have gone to the dead primary: the first
+    # confirmation on the new one refuses; the next (local only, no replica yet) passes.
+    with pytest.raises(NotDurable, match="primary changed"):
+        fence.confirm()
+    fence.confirm()
+
+
+def test_revocations_follow_the_primary(topology):
+    config = {"REDIS_SENTINEL_MASTER": topology.master_name}
+    revocations = RevocationList(client_for(topology.url, config, socket_timeout=2), "t:")
+    revocations.revoke_token("jti-1", int(time.time()) + 600)
+    topology.master_client().execute_command("WAITAOF", 1, 1, 2000)
+    old = topology.kill_primary()
+    topology.wait_for_failover(old)
+    claims = {"jti": "jti-1", "sid": "sid-1"}
+    assert wait_until(lambda: revocations.is_revoked(claims))
+
+
+def wait_until(check, timeout: float = 15.0) -> bool:
+    """``check()`` true within ``timeout`` s; errors while the primary moves are retried."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return True
+        except (redis.ConnectionError, ServiceUnavailable):
+            pass
+        time.sleep(0.2)
+    return False
