@@ -27,7 +27,7 @@ from nameko_redis_transport.testing.processes import ServiceProcess
 from nameko_redis_transport.testing.sentinel import SentinelTopology
 
 from common.config import load_config, merge_config
-from devtools.embedded import EmbeddedMongo, free_port
+from devtools.embedded import EmbeddedMongo, EmbeddedRedis, free_port
 from tests.e2e.conftest import Api
 from tests.fault.conftest import ADDRESS, CARD, FIGURES
 from tests.fault.test_faults import assert_invariants
@@ -115,17 +115,21 @@ class Customer:
 class SentinelShop:
     """The shop on a Sentinel topology: four processes, the gateway on a free port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, shared_redis: bool) -> None:
         self.workdir = workdir
         self.topology = SentinelTopology(data_dir=workdir / "redis").start()
         self.mongo = EmbeddedMongo(data_dir=workdir / "mongo").start()
+        # REDIS_URL on the broker's topology, or on a Redis of its own that stays up
+        # (then only the broker fails over: what RPCs alone do meanwhile).
+        self.other_redis = None if shared_redis else EmbeddedRedis().start()
+        redis_url = self.topology.url if shared_redis else self.other_redis.url
         self.databases = {name: f"failover_{uuid.uuid4().hex[:6]}_{name}" for name in SERVICES}
         port = free_port()
         config = merge_config(
             load_config(REPO_ROOT / "config.yml"),
             {
                 "AMQP_URI": self.topology.url,
-                "REDIS_URL": self.topology.url,
+                "REDIS_URL": redis_url,
                 "REDIS_SENTINEL_MASTER": self.topology.master_name,
                 "TRANSPORT_OPTIONS": {"master_name": self.topology.master_name},
                 "MONGO_URI": self.mongo.uri,
@@ -179,16 +183,24 @@ class SentinelShop:
             process.close()
         self.topology.stop()
         self.mongo.stop()
+        if self.other_redis is not None:
+            self.other_redis.stop()
 
 
-@pytest.fixture
-def shop(tmp_path) -> Iterator[SentinelShop]:
-    made = SentinelShop(tmp_path)
+@pytest.fixture(params=["shared", "broker-only"])
+def shop(request, tmp_path) -> Iterator[SentinelShop]:
+    """``shared``: REDIS_URL is the broker's topology too (the primary's death also takes
+    the rate limits and revocations); ``broker-only``: REDIS_URL is another Redis."""
+    made = SentinelShop(tmp_path, shared_redis=request.param == "shared")
     try:
         made.wait_ready()
         yield made
     finally:
         made.close()
+
+
+def variant(shop: SentinelShop) -> str:
+    return "on the broker's topology" if shop.other_redis is None else "on another Redis"
 
 
 def register(api: Api) -> str:
@@ -232,7 +244,7 @@ def test_orders_and_payments_continue_after_the_broker_primary_is_killed(shop):
     last_failure = max((call.ended for call in failed), default=killed_at)
     recovered = min(c.ended for c in after_kill if c.status < 300 and c.ended >= last_failure)
     figures = {
-        "scenario": "Sentinel failover (primary SIGKILLed)",
+        "scenario": f"Sentinel failover (primary SIGKILLed), REDIS_URL {variant(shop)}",
         "orders before kill": before,
         "sentinels promoted the replica after s": round(promoted[0], 1),
         "requests succeed again after s": round(recovered - killed_at, 1),
@@ -270,7 +282,7 @@ def test_orders_and_payments_continue_after_the_broker_primary_is_killed(shop):
     duplicated = sum(count - 1 for count in charges.values() if count > 1)
     FIGURES.append(
         {
-            "scenario": "Sentinel failover, primary SIGKILLed: payment_succeeded",
+            "scenario": f"Sentinel failover, REDIS_URL {variant(shop)}: payment_succeeded",
             "sent": len(customer.paid),
             "applied": applied,
             "dead": 0,
