@@ -80,7 +80,7 @@ def child_environment(env: Mapping[str, str], broker_url: str, mongo_uri: str) -
     """
     child = dict(env)
     child["AMQP_URI"] = env.get("AMQP_URI") or broker_url
-    if not env.get("REDIS_URL") and broker_url.startswith(("redis://", "rediss://")):
+    if not env.get("REDIS_URL") and broker_url.startswith(("redis://", "rediss://", "sentinel://")):
         child["REDIS_URL"] = broker_url
     child["MONGO_URI"] = mongo_uri
     child["PYTHONUNBUFFERED"] = "1"
@@ -92,7 +92,8 @@ def child_environment(env: Mapping[str, str], broker_url: str, mongo_uri: str) -
 def broker_durability(url: str) -> str:
     """One line saying what the broker at ``url`` keeps (``common.broker_durability``)."""
     try:
-        return probe(url).description
+        # A sentinel:// broker's primary goes by REDIS_SENTINEL_MASTER (docs/scaling.md).
+        return probe(url, master_name=os.environ.get("REDIS_SENTINEL_MASTER") or None).description
     except redis.RedisError as exc:
         return f"durability unknown: the broker does not answer ({exc})"
 
