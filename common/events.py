@@ -37,6 +37,7 @@ from typing import Any
 import eventlet
 import redis
 from eventlet.queue import LightQueue
+from kombu.exceptions import OperationalError
 from nameko_redis_transport.nameko.events import EventDispatcher
 from nameko_redis_transport.urls import redis_client
 from pymongo.collection import Collection
@@ -57,6 +58,10 @@ RELAY_AFTER = timedelta(seconds=5)
 FENCE_KEY_TEMPLATE = "shop:outbox-fence:{}"
 #: Seconds the confirming thread sleeps when nothing waits for a confirmation.
 CONFIRM_IDLE_SECONDS = 0.02
+
+#: A publish that failed because the broker is gone (kombu gave up reconnecting, or
+#: redis-py's socket failed under it).
+BROKER_UNREACHABLE = (OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
 
 #: Events published and waiting for the broker's word: ``(collection, doc_id, ids)``.
 Published = tuple[Collection, Any, list[str]]
@@ -133,7 +138,16 @@ class OutboxPublisher:
     def flush(self, collection: Collection, doc_id: Any) -> int:
         """Publish the outbox of one document; the number of events published. The
         events leave the outbox once the broker confirms them (the caller does not wait)."""
-        published = self._publish(collection, doc_id)
+        try:
+            published = self._publish(collection, doc_id)
+        except BROKER_UNREACHABLE as exc:
+            # The state change is written and its events wait in the document: the
+            # relay publishes them once the broker is back (a failover, a restart).
+            # The caller's request succeeded; failing it would invite a retry of a
+            # change that is already made.
+            log.warning("the broker is unreachable; %s's events wait for the relay: %s",
+                        doc_id, exc)  # fmt: skip
+            return 0
         if published is not None:
             self._settle_later(published)
         return len(published[2]) if published else 0
