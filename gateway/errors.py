@@ -14,10 +14,14 @@ from kombu.exceptions import OperationalError
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 
 from common.errors import InternalError, ServiceUnavailable, ShopError, UpstreamTimeout
+from common.redis_clients import REDIS_RETRY_AFTER, REDIS_UNAVAILABLE
 from gateway.breaker import BreakerOpen
 
 #: Seconds a client is told to wait when a service is not running at all.
 UNKNOWN_SERVICE_RETRY_AFTER = 5
+#: A service's worker that lost the broker or Redis (a failover, a crash) raised one of
+#: these; they cross RPC as ``RemoteError`` with the class name: 503, not 500.
+REMOTE_BROKER_FAILURES = ("OperationalError", "ConnectionError", "TimeoutError", "ReadOnlyError")
 
 
 def is_upstream_failure(exc: BaseException) -> bool:
@@ -45,4 +49,10 @@ def to_shop_error(exc: BaseException, request_id: str) -> ShopError:
         )
     if isinstance(exc, (OperationalError, socket.error)):
         return ServiceUnavailable("The message broker is unreachable.", retry_after=5)
+    if isinstance(exc, REDIS_UNAVAILABLE) or (
+        isinstance(exc, RemoteError) and exc.exc_type in REMOTE_BROKER_FAILURES
+    ):
+        return ServiceUnavailable(
+            "The message broker or Redis is unreachable.", retry_after=REDIS_RETRY_AFTER
+        )
     return InternalError("Internal error.", {"requestId": request_id})

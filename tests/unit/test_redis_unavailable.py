@@ -7,10 +7,12 @@ import time
 
 import pytest
 import redis
+from nameko.exceptions import RemoteError
 
 from common.auth import RevocationList
 from common.errors import ServiceUnavailable
 from devtools.embedded import free_port
+from gateway.errors import to_shop_error
 from gateway.ratelimit import RateLimiter
 
 
@@ -33,3 +35,19 @@ def test_rate_limits_answer_503_rather_than_letting_requests_through_uncounted(n
     with pytest.raises(ServiceUnavailable) as raised:
         RateLimiter(nobody, "t:").hit("ip", "127.0.0.1", limit=10)
     assert raised.value.retry_after > 0
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        redis.ConnectionError("Error 111 connecting"),
+        redis.TimeoutError("Timeout reading"),
+        RemoteError("ConnectionError", "Error 111 connecting to 127.0.0.1:6379."),
+        RemoteError("OperationalError", "Error 111 connecting to 127.0.0.1:6379."),
+    ],
+    ids=["redis", "redis-timeout", "remote-redis", "remote-kombu"],
+)
+def test_the_gateway_answers_503_for_a_lost_broker_or_redis_here_or_in_a_service(exc):
+    error = to_shop_error(exc, "req-1")
+    assert (error.http_status, error.code) == (503, "SERVICE_UNAVAILABLE")
+    assert error.retry_after > 0
