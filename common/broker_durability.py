@@ -123,9 +123,10 @@ class AofFence:
         """Learn which server is the primary now, before anything is published."""
         self._primary_id = self._primary_state()[0]
 
-    def confirm(self) -> None:
+    def confirm(self) -> int:
         """Return once the broker's append-only file holds every write applied before
-        this call, and one replica's too when the primary has any; ``NotDurable`` when
+        this call, and one replica's too when the primary has any (the number of
+        replicas that confirmed, 0 or 1); ``NotDurable`` when
         it cannot say so within the timeout, or when the primary changed since the last
         confirmation (the writes in between may have gone to the one that died)."""
         try:
@@ -144,6 +145,7 @@ class AofFence:
             )
         if int(acked) < wanted:
             raise NotDurable(f"no replica fsynced the events within {self.timeout_ms} ms")
+        return wanted
 
     def _primary_state(self) -> tuple[str, int]:
         """The primary's replication id (new after a promotion or a restart) and how many

@@ -41,7 +41,10 @@ def test_the_fence_waits_for_a_replica_and_refuses_to_confirm_across_a_failover(
     # confirmation on the new one refuses; the next (local only, no replica yet) passes.
     with pytest.raises(NotDurable, match="primary changed"):
         fence.confirm()
-    fence.confirm()
+    assert fence.confirm() == 0
+    # The old primary comes back as a replica: confirmations wait for it again.
+    topology.restart_as_replica(old)
+    assert wait_until(lambda: fence.confirm() == 1)
 
 
 def test_revocations_follow_the_primary(topology):

@@ -230,10 +230,24 @@ class SentinelTopology:
             time.sleep(0.1)
         raise TimeoutError(f"no failover away from {old} within {timeout:g} s")
 
-    def restart_as_replica(self, server: EmbeddedRedis) -> None:
-        """Start a dead former primary again; the sentinels make it a replica of the new one."""
+    def restart_as_replica(self, server: EmbeddedRedis, timeout: float = 60.0) -> None:
+        """Start a dead former primary again and wait until the sentinels made it a
+        replica of the new primary, in sync (about 11 s with the shipped timings)."""
         server.extra_args = ()
         server.restart()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._role((server.host, server.port)) == "slave":
+                client = _redis_probe(server.host, server.port, timeout=0.5)
+                try:
+                    if client.info("replication").get("master_link_status") == "up":
+                        return
+                except redis.RedisError:
+                    pass
+                finally:
+                    client.close()
+            time.sleep(0.2)
+        raise TimeoutError(f"{server} did not become a replica within {timeout:g} s")
 
     # -- internals ----------------------------------------------------------------------
 
