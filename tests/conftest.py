@@ -10,6 +10,7 @@ eventlet.monkey_patch()
 
 pytest_plugins = [
     "nameko_redis_transport.testing.brokers",
+    "nameko_redis_transport.testing.sentinel",
     "tests.fixtures.mongo",
     "tests.fixtures.services",
 ]

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 
 pytest_plugins = [
     "nameko_redis_transport.testing.brokers",
+    "nameko_redis_transport.testing.sentinel",
     "nameko_redis_transport.testing.processes",
 ]
 

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import redis
-from nameko_redis_transport.testing.sentinel import SentinelTopology
 
 from common.auth import RevocationList
 from common.broker_durability import AofFence, NotDurable, probe
@@ -18,23 +17,17 @@ from common.redis_clients import client_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def topology(tmp_path):
-    with SentinelTopology(data_dir=tmp_path) as made:
-        yield made
-
-
-def test_the_fence_waits_for_a_replica_and_refuses_to_confirm_across_a_failover(topology):
-    config = {"REDIS_SENTINEL_MASTER": topology.master_name}
-    assert probe(topology.url, master_name=topology.master_name).confirms
-    client = client_for(topology.url, config, socket_timeout=2)
+def test_the_fence_waits_for_a_replica_and_refuses_to_confirm_across_a_failover(sentinel_topology):
+    config = {"REDIS_SENTINEL_MASTER": sentinel_topology.master_name}
+    assert probe(sentinel_topology.url, master_name=sentinel_topology.master_name).confirms
+    client = client_for(sentinel_topology.url, config, socket_timeout=2)
     fence = AofFence(client, "test:fence")
     fence.prime()
     client.lpush("queue", "event-1")
     fence.confirm()
     # Confirmed means on the replica too: it is there after the primary dies.
-    old = topology.kill_primary()
-    topology.wait_for_failover(old)
+    old = sentinel_topology.kill_primary()
+    sentinel_topology.wait_for_failover(old)
     assert wait_until(lambda: client.lrange("queue", 0, -1) == [b"event-1"])
 
     # Writes since the last confirmation may have gone to the dead primary: the first
@@ -43,17 +36,17 @@ def test_the_fence_waits_for_a_replica_and_refuses_to_confirm_across_a_failover(
         fence.confirm()
     assert fence.confirm() == 0
     # The old primary comes back as a replica: confirmations wait for it again.
-    topology.restart_as_replica(old)
+    sentinel_topology.restart_as_replica(old)
     assert wait_until(lambda: fence.confirm() == 1)
 
 
-def test_revocations_follow_the_primary(topology):
-    config = {"REDIS_SENTINEL_MASTER": topology.master_name}
-    revocations = RevocationList(client_for(topology.url, config, socket_timeout=2), "t:")
+def test_revocations_follow_the_primary(sentinel_topology):
+    config = {"REDIS_SENTINEL_MASTER": sentinel_topology.master_name}
+    revocations = RevocationList(client_for(sentinel_topology.url, config, socket_timeout=2), "t:")
     revocations.revoke_token("jti-1", int(time.time()) + 600)
-    topology.master_client().execute_command("WAITAOF", 1, 1, 2000)
-    old = topology.kill_primary()
-    topology.wait_for_failover(old)
+    sentinel_topology.master_client().execute_command("WAITAOF", 1, 1, 2000)
+    old = sentinel_topology.kill_primary()
+    sentinel_topology.wait_for_failover(old)
     claims = {"jti": "jti-1", "sid": "sid-1"}
     assert wait_until(lambda: revocations.is_revoked(claims))
 

@@ -18,14 +18,10 @@ EXCHANGE = Exchange("sentinel-ex", type="topic", durable=True)
 QUEUE = Queue("sentinel-q", exchange=EXCHANGE, routing_key="work.*")
 
 
-@pytest.fixture
-def topology(tmp_path):
-    with SentinelTopology(data_dir=tmp_path) as made:
-        yield made
-
-
-def connect(topology: SentinelTopology) -> Connection:
-    return Connection(topology.url, transport_options={"master_name": topology.master_name})
+def connect(sentinel_topology: SentinelTopology) -> Connection:
+    return Connection(
+        sentinel_topology.url, transport_options={"master_name": sentinel_topology.master_name}
+    )
 
 
 def send(conn: Connection, body: dict) -> None:
@@ -67,8 +63,8 @@ def test_the_sentinel_url_names_each_sentinel_and_one_broker():
 
 
 @pytest.mark.slow
-def test_messages_flow_through_the_primary_and_scripts_reload_where_unknown(topology):
-    conn = connect(topology)
+def test_messages_flow_through_the_primary_and_scripts_reload_where_unknown(sentinel_topology):
+    conn = connect(sentinel_topology)
     try:
         channel = conn.default_channel
         EXCHANGE(channel).declare()
@@ -78,26 +74,26 @@ def test_messages_flow_through_the_primary_and_scripts_reload_where_unknown(topo
 
         # A server that never saw the scripts (a promoted replica, a restarted primary)
         # answers NOSCRIPT: they are loaded again and the commands go through.
-        topology.master_client().script_flush()
+        sentinel_topology.master_client().script_flush()
         send(conn, {"n": 2})
         assert take(conn) == [{"n": 2}]
-        assert topology.master_client().llen("sentinel-q") == 0
+        assert sentinel_topology.master_client().llen("sentinel-q") == 0
     finally:
         conn.release()
 
 
 @pytest.mark.slow
-def test_publishers_and_consumers_follow_a_failover(topology):
-    conn = connect(topology)
+def test_publishers_and_consumers_follow_a_failover(sentinel_topology):
+    conn = connect(sentinel_topology)
     try:
         channel = conn.default_channel
         EXCHANGE(channel).declare()
         QUEUE(channel).declare()
         send(conn, {"n": "before"})
         # Replicated before the crash (the shop's outbox waits for this with WAITAOF).
-        assert topology.master_client().execute_command("WAITAOF", 1, 1, 2000) == [1, 1]
-        old = topology.kill_primary()
-        topology.wait_for_failover(old, timeout=30)
+        assert sentinel_topology.master_client().execute_command("WAITAOF", 1, 1, 2000) == [1, 1]
+        old = sentinel_topology.kill_primary()
+        sentinel_topology.wait_for_failover(old, timeout=30)
 
         send(conn, {"n": "after"})
         got = take(conn, timeout=20)
@@ -111,12 +107,12 @@ def test_publishers_and_consumers_follow_a_failover(topology):
 
 
 @pytest.mark.slow
-def test_a_client_from_the_sentinel_url_follows_the_primary(topology):
-    client = redis_client(topology.url, topology.master_name, socket_timeout=1)
+def test_a_client_from_the_sentinel_url_follows_the_primary(sentinel_topology):
+    client = redis_client(sentinel_topology.url, sentinel_topology.master_name, socket_timeout=1)
     client.set("k", "v")
     assert client.execute_command("WAITAOF", 1, 1, 2000) == [1, 1]
-    old = topology.kill_primary()
-    topology.wait_for_failover(old, timeout=30)
+    old = sentinel_topology.kill_primary()
+    sentinel_topology.wait_for_failover(old, timeout=30)
 
     deadline = time.monotonic() + 10
     while True:
@@ -127,4 +123,4 @@ def test_a_client_from_the_sentinel_url_follows_the_primary(topology):
         except redis.ConnectionError:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-    assert client.connection_pool.get_master_address() == topology.primary_address()
+    assert client.connection_pool.get_master_address() == sentinel_topology.primary_address()

@@ -7,6 +7,9 @@ few seconds: a primary that does not answer for :data:`DOWN_AFTER_MS` is down, t
 sentinels of three agreeing is enough (the quorum), and a failover that stalls is
 retried after :data:`FAILOVER_TIMEOUT_MS`.
 
+As a pytest fixture, ``sentinel_topology`` (register this module in ``pytest_plugins``)
+starts one per test.
+
 >>> with SentinelTopology() as topology:          # doctest: +SKIP
 ...     client = topology.master_client()
 ...     topology.kill_primary()                    # SIGKILL, as a crash would
@@ -18,10 +21,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import pytest
 import redis
 from redis.sentinel import Sentinel
 
@@ -304,3 +309,10 @@ class SentinelTopology:
             if int(state["num-other-sentinels"]) < self.sentinel_count - 1:
                 return f"sentinel {sentinel.port} sees {state['num-other-sentinels']} others"
         return ""
+
+
+@pytest.fixture
+def sentinel_topology(tmp_path: Path) -> Iterator[SentinelTopology]:
+    """A started :class:`SentinelTopology` of the test's own, stopped afterwards."""
+    with SentinelTopology(data_dir=tmp_path / "sentinel-topology") as topology:
+        yield topology
