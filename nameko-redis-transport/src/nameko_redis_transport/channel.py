@@ -27,7 +27,7 @@ from nameko_redis_transport.delivery import (
 )
 from nameko_redis_transport.options import registered_transport_options
 from nameko_redis_transport.publishing import PublishingMixin
-from nameko_redis_transport.urls import DEFAULT_MASTER_NAME
+from nameko_redis_transport.urls import DEFAULT_MASTER_NAME, SENTINEL_TIMEOUTS
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     #: ``master_name`` when the transport options name none (or name it ``None`` or ``''``:
     #: an unset ``${REDIS_SENTINEL_MASTER}`` in a config file).
     master_name = DEFAULT_MASTER_NAME
+    #: Kombu's ``sentinel_kwargs`` option (the connections to the sentinels) when the
+    #: options give none: with kombu's none, a sentinel whose host is gone holds up
+    #: every reconnect until the kernel gives up on the TCP connection.
+    sentinel_kwargs = SENTINEL_TIMEOUTS
 
     def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
         if not self.master_name:

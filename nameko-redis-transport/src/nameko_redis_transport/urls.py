@@ -25,6 +25,9 @@ SENTINEL_SCHEME = "sentinel://"
 DEFAULT_MASTER_NAME = "mymaster"
 #: Port of a sentinel that names none (Redis's default).
 DEFAULT_SENTINEL_PORT = 26379
+#: Timeouts of the connections to the sentinels themselves, in seconds: a sentinel whose
+#: host is gone (no answer at all, not a refusal) must not hold up asking the next one.
+SENTINEL_TIMEOUTS = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -74,9 +77,9 @@ def redis_client(url: str, master_name: str | None = None, **kwargs: Any) -> red
     connections too for their timeouts."""
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **kwargs)
-    timeouts = {
+    timeouts = {**SENTINEL_TIMEOUTS, **{
         key: kwargs[key] for key in ("socket_timeout", "socket_connect_timeout") if key in kwargs
-    }
+    }}  # fmt: skip
     sentinel = Sentinel(sentinel_addresses(url), sentinel_kwargs=timeouts)
     return sentinel.master_for(
         master_name or DEFAULT_MASTER_NAME, **{**_sentinel_credentials(url), **kwargs}
