@@ -100,6 +100,14 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
     #: options give none: with kombu's none, a sentinel whose host is gone holds up
     #: every reconnect until the kernel gives up on the TCP connection.
     sentinel_kwargs = SENTINEL_TIMEOUTS
+    #: A primary whose host drops off the network closes no connection: without a
+    #: timeout a publish or an ack waits on it forever, and a BRPOP whose reply never
+    #: comes is noticed only after ``brpop_timeout + health_check_interval``. These
+    #: defaults (kombu's: no timeout, 25 s) let every connection reach the promoted
+    #: replica within seconds; the transport options still override them.
+    socket_timeout = 10.0
+    socket_connect_timeout = 5.0
+    health_check_interval = 5
 
     def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
         if not self.master_name:

@@ -226,6 +226,14 @@ class EmbeddedServer:
             process.kill()
             process.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: its connections stay open and nothing answers, as when its
+        host drops off the network. ``stop()`` still ends it (SIGKILL works on it)."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGSTOP)
+            self.stop_timeout = 0.1  # SIGTERM stays pending while stopped: go to SIGKILL
+
     def restart(
         self,
         kill: bool = False,
