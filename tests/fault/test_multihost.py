@@ -67,7 +67,7 @@ LAYOUT = {
     "edge": ["gateway-1"],
 }
 CUT_HOST = "app1"
-CUT_HOST_RATE = "1mbit"
+CUT_HOST_RATE = "512kbit"
 
 
 class Shop:
@@ -282,10 +282,16 @@ def test_an_orders_host_cut_off_for_10_seconds_loses_nothing(shop, capsys):
         # Cut while the instance is working: what it holds in flight is what is at stake.
         cut_host = shop.network.hosts[CUT_HOST]
         served_before = {n: shop.calls(n, "create_order") for n in ("orders-1", "orders-2")}
-        wait_for(lambda: shop.workers_busy("orders-1") >= 1, timeout=10, interval=0.01)
+        broker = redis.Redis.from_url(shop.redis.url)
+        by_address = {host.address: name for name, host in shop.network.hosts.items()}
+        connections = Counter(
+            by_address.get(client["addr"].rsplit(":", 1)[0], "test")
+            for client in broker.client_list()
+        )
+        # Busy counts the worker serving the scrape itself: 2 is one more at work.
+        wait_for(lambda: shop.workers_busy("orders-1") >= 2, timeout=20, interval=0.01)
         shop.network.cut(cut_host)
         cut_at, cut_at_wall = time.monotonic(), time.time()
-        broker = redis.Redis.from_url(shop.redis.url)
         slots: dict = {}
         watcher = threading.Thread(
             target=lambda: slots.update(watch_held_slots(broker, cut_at_wall, stop))
@@ -333,6 +339,7 @@ def test_an_orders_host_cut_off_for_10_seconds_loses_nothing(shop, capsys):
             name: shop.calls(name, "create_order") for name in ("orders-1", "orders-2")
         },
         "metrics scrapes that failed": shop.scrape_failures,
+        "redis connections by host": dict(connections),
         "slots held by the cut instance": slots.get("held"),
         "redelivered after (s)": [round(t, 2) for t in slots.get("redelivered_after", [])],
     }
