@@ -50,10 +50,18 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
+    """A /24 of :data:`PRIVATE_RANGE` that no address and no route of the machine touches."""
     used = [
         ipaddress.ip_interface(address).network
         for address in re.findall(r"inet (\S+)", ip("-4", "addr", "show").stdout)
     ]
+    for line in ip("-4", "route", "show", "table", "all").stdout.splitlines():
+        for word in line.split()[:2]:  # "10.1.0.0/16 dev ...", "blackhole 10.2.0.0/16"
+            try:
+                used.append(ipaddress.ip_network(word, strict=False))
+                break
+            except ValueError:
+                continue
     candidates = list(PRIVATE_RANGE.subnets(new_prefix=24))
     random.shuffle(candidates)
     for subnet in candidates:
