@@ -2,15 +2,16 @@
 
 ``Network`` makes a bridge with an address in the root namespace (where the test runs)
 and, per host, a namespace joined to the bridge by a veth pair, with an address of its
-own in a /24 of 10.213.0.0/16 no interface of the machine uses. Every name carries the
-pytest process id, so parallel runs never meet, and a run that died without cleaning
-up is swept by the next one. ``cut``/``restore`` set the host's cable (the bridge end
-of its veth pair) down and up: the host keeps its address, its packets go nowhere, its
-TCP connections stay open and resume when the cable is back, as with a switch port or
-a cable that fails.
+own in a /24 of 10.213.0.0/16 that no address or route of the machine touches. Every
+name carries the pytest process id, so parallel runs never meet, and a run that died
+without cleaning up is swept by the next one. ``cut``/``restore`` set the host's cable
+(the bridge end of its veth pair) down and up: the host keeps its address, its packets
+go nowhere, its TCP connections stay open and resume when the cable is back, as with a
+switch port or a cable that fails.
 
-Servers and ``nameko run`` processes start on a host through ``ip netns exec``.
-Needs root and iproute2 (``ip``); ``unavailable()`` says why a machine cannot.
+``throttle`` limits what a host sends (``tc``'s token bucket). Servers and ``nameko run``
+processes start on a host through ``ip netns exec``. Needs root and iproute2 (``ip``,
+``tc``); ``unavailable()`` says why a machine cannot.
 """
 
 from __future__ import annotations
