@@ -52,7 +52,6 @@ VISIBILITY_TIMEOUT = 3
 CUT_SECONDS = 10
 CLIENTS = 4
 INITIAL_STOCK = 1000  # product-1 in the demo catalog
-ACTIVE = ("reserving", "pending", "paid", "shipped", "delivered")
 ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
 CARD = {"number": "4111111111111111", "expiry": "12/30", "cvv": "123"}
 #: Ports inside each host's own namespace: nothing else listens there.
@@ -384,17 +383,15 @@ def test_an_orders_host_cut_off_for_10_seconds_loses_nothing(shop, figures, caps
     )
     assert all(count == 1 for count in charges.values()), charges
 
-    def conserved() -> bool:
-        stock = orders_db.products.find_one({"_id": "product-1"})["stock"]
-        held = sum(
-            line["quantity"]
-            for order in orders_db.orders.find({"status": {"$in": list(ACTIVE)}})
-            for line in order["items"]
-            if line["productId"] == "product-1"
-        )
-        return stock + held == INITIAL_STOCK
-
-    wait_for(conserved, timeout=30)
+    # Stock conserved: every unit is in the catalog or held by one order (a take and a
+    # give-back move units between the two in one update), and every paid order holds
+    # its unit. Holds of orders a cut left half-placed go back with the recovery sweep,
+    # up to a minute later (orders.store); they are counted, not waited for.
+    product = orders_db.products.find_one({"_id": "product-1"})
+    holds = product.get("holds") or {}
+    assert product["stock"] + sum(holds.values()) == INITIAL_STOCK, product
+    assert all(holds.get(order_id) == 1 for order_id in accepted), product
+    reserving = orders_db.orders.count_documents({"status": "reserving"})
     # Orders no client was told about: calls answered 504, or run by both instances.
     extra = [
         round(created.replace(tzinfo=created.tzinfo or UTC).timestamp() - cut_at_wall, 2)
@@ -402,4 +399,5 @@ def test_an_orders_host_cut_off_for_10_seconds_loses_nothing(shop, figures, caps
     ]
     with capsys.disabled():
         print(f"multihost: {len(accepted)} orders accepted and paid once; {len(extra)} more "
-              f"orders, created at {sorted(extra)} s after the cut")  # fmt: skip
+              f"orders, created at {sorted(extra)} s after the cut, {reserving} still "
+              f"reserving; {len(holds) - len(accepted)} holds of orders no client has")  # fmt: skip
