@@ -17,13 +17,13 @@ USING = @echo "make $@: Python $(PYTHON_VERSION) ($(PYTHON)), virtualenv $(VENV)
 VERSION_TESTS = tests/unit nameko-redis-transport/tests tests/integration/test_flows.py \
 	tests/integration/test_container_start.py tests/integration/test_run_the_shop.py
 
-.PHONY: run test test-version lint install chromium
+.PHONY: run test test-version lint install chromium iproute2
 
 run: install
 	$(USING)
 	$(BIN)/python -m devtools.run
 
-test: install lint chromium
+test: install lint chromium iproute2
 	$(USING)
 	$(BIN)/python -m pytest
 
@@ -38,6 +38,13 @@ chromium:
 	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 \
 		&& apt-get update && apt-get install -y chromium; } \
 		|| { echo "Chromium is missing: run 'sudo apt-get install -y chromium', then make test"; exit 1; }
+
+# The multi-host test (tests/fault/test_multihost.py) makes hosts with iproute2's ip and tc:
+# installed here when we are root; without root the test is skipped, saying so.
+iproute2:
+	@{ test -x /usr/sbin/ip || test -x /sbin/ip; } && { test -x /usr/sbin/tc || test -x /sbin/tc; } \
+		|| { test "$$(id -u)" = 0 && apt-get update && apt-get install -y iproute2; } \
+		|| echo "iproute2 is missing: the multi-host test will be skipped"
 
 lint: install
 	$(BIN)/ruff check .
