@@ -154,8 +154,7 @@ def test_the_same_variables_as_the_development_file_and_production_secrets(
 def test_config_yml_reads_every_variable_the_file_sets(compose):
     config = (REPO_ROOT / "config.yml").read_text()
     environment = compose["services"]["orders"]["environment"]
-    # REDIS_SENTINEL_MASTER is read by the Sentinel support (issue 16's other half).
-    for key in set(environment) - {"REDIS_SENTINEL_MASTER"}:
+    for key in environment:
         assert f"${{{key}" in config, key
 
 
