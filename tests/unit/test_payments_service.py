@@ -482,7 +482,6 @@ def test_a_cancellation_without_the_payment_id_finds_the_completed_payment(servi
 @pytest.mark.parametrize(
     ("event", "found"),
     [
-        (cancelled(was_paid=False), payment()),
         (cancelled(), payment(status="refunded")),
         (cancelled(), payment(status="failed")),
         (cancelled(), payment(order_id="order-2")),
@@ -496,6 +495,45 @@ def test_nothing_to_refund_changes_nothing(service, store, network, event, found
     service.on_order_cancelled(event)
     assert network.refunds == []
     store.mark_refunded.assert_not_called()
+
+
+def test_a_pending_order_cancelled_before_its_payment_event_arrived_is_refunded(
+    service, store, network
+):
+    # The payment completed, its payment_succeeded was not applied yet (or was lost), and
+    # the customer cancelled the still-pending order: its money goes back, once.
+    store.completed_for_order.return_value = payment()
+    service.on_order_cancelled(cancelled(was_paid=False, payment_id=None))
+    store.completed_for_order.assert_called_once_with("order-1")
+    assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
+    store.mark_refunded.assert_called_once()
+
+
+def test_an_expired_order_with_a_completed_payment_is_refunded(service, store, network):
+    store.completed_for_order.return_value = payment()
+    event = cancelled()
+    event["data"] = {"orderId": "order-1", "userId": "user-1"}
+    service.on_order_expired(event)
+    store.completed_for_order.assert_called_once_with("order-1")
+    assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
+    (_, _, event_id), _ = store.mark_refunded.call_args
+    assert event_id == "event-1"
+
+
+def test_an_expired_order_without_a_payment_refunds_nothing(service, store, network):
+    store.completed_for_order.return_value = None
+    event = cancelled()
+    event["data"] = {"orderId": "order-1", "userId": "user-1"}
+    service.on_order_expired(event)
+    assert network.refunds == []
+    store.request_refund.assert_not_called()
+
+
+def test_order_paid_stops_the_payment_waiting_for_reconciliation(service, store):
+    event = cancelled()
+    event["data"] = {"orderId": "order-1", "userId": "user-1", "paymentId": "pay-1"}
+    service.on_order_paid(event)
+    store.order_confirmed.assert_called_once_with("pay-1")
 
 
 def test_a_rejected_payment_is_refunded(service, store, network):
