@@ -122,17 +122,21 @@ class OrderReconciliation:
             )  # fmt: skip
             return ORDER_PAID
         if action == REFUND:
+            # Orders' answer also sent order_payment_rejected, which asks for the same
+            # refund: whichever asks first does it, the other changes nothing. Either way
+            # this check found it, once (the claim), so it is counted here.
+            asked_here = self.refunds.request(
+                refund_event_id(payment.id), payment.order_id, payment.id
+            )
+            self.store.order_confirmed(payment.id)
             status = answer.get("status")
-            if self.refunds.request(refund_event_id(payment.id), payment.order_id, payment.id):
-                self.report.record(
-                    CHECK, REFUNDED,
-                    f"order {payment.order_id} is {status} and cannot be paid by payment "
-                    f"{payment.id}; the payment is refunded",
-                    orderStatus=status, **ids,
-                )  # fmt: skip
-                return REFUNDED
-            self.store.order_confirmed(payment.id)  # refunded before; nothing waits
-            return "confirmed"
+            self.report.record(
+                CHECK, REFUNDED,
+                f"order {payment.order_id} is {status} and cannot be paid by payment "
+                f"{payment.id}; the payment is refunded",
+                orderStatus=status, refundAskedHere=asked_here, **ids,
+            )  # fmt: skip
+            return REFUNDED
         log.info(
             "order %s of payment %s not settled (%s); checked again later",
             payment.order_id, payment.id, answer,
