@@ -213,3 +213,20 @@ def test_unrefunded_payments_answers_for_a_batch_of_orders(shop, rpc):
     with rpc() as proxy:
         answer = proxy.payments.unrefunded_payments([paid_order["id"], other["id"], "nope"])
     assert answer == {paid_order["id"]: payment.id}
+
+
+def test_an_order_that_expired_with_a_completed_payment_is_refunded_once(shop):
+    # payment_succeeded lost, the order expires unpaid (stock released): order_expired
+    # makes payments refund the payment, once, without waiting for a timer.
+    shop.run(ORDER_RESERVATION_MINUTES=0.03)
+    session, user_id = shop.customer()
+    with session as proxy:
+        order = place_order(proxy)
+        payment = shop.paid_unseen(order, user_id)
+        wait_for(lambda: proxy.orders.get_order(order["id"])["status"] == "expired", timeout=20)
+        wait_for(lambda: proxy.payments.get_payment(payment.id)["status"] == "refunded", timeout=20)
+    wait_for(lambda: len(shop.order(order["id"]).get("refunds", [])) == 1, timeout=10)
+    time.sleep(1)
+    assert shop.network.refund_tries == [f"refund-{payment.id}"]
+    assert len(shop.order(order["id"])["refunds"]) == 1
+    assert AWAITING_ORDER_FIELD not in shop.payment(payment.id)
