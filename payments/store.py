@@ -75,11 +75,8 @@ INDEXES: Mapping[str, list[IndexModel]] = {
             partialFilterExpression={"refundRetryAt": {"$exists": True}},
             name="refunds_to_retry",
         ),
-        IndexModel(
-            [("awaitingOrderSince", 1)],
-            partialFilterExpression={"awaitingOrderSince": {"$exists": True}},
-            name="awaiting_order",
-        ),
+        # Sparse, not partial: the embedded Mongo-wire server serves only the former.
+        IndexModel([(AWAITING_ORDER_FIELD, 1)], sparse=True, name="awaiting_order"),
     ]
 }
 
@@ -151,8 +148,13 @@ class PaymentsStore(MongoStore):
         return None if document is None else _payment_from_document(document)
 
     def completed_for_order(self, order_id: str) -> Payment | None:
-        document = self.payments.find_one({"orderId": order_id, "status": COMPLETED})
-        return None if document is None else _payment_from_document(document)
+        """The order's completed payment, if any (one at most). The status is checked
+        here, not in the query: the embedded Mongo-wire server serves only the query on
+        ``orderId`` alone from its index (``by_order``), and an order has few attempts."""
+        for document in self.payments.find({"orderId": order_id}):
+            if document["status"] == COMPLETED:
+                return _payment_from_document(document)
+        return None
 
     def page_for_user(
         self, user_id: str, order_id: str | None, page: int, limit: int
@@ -246,7 +248,7 @@ class PaymentsStore(MongoStore):
     def awaiting_order(self, completed_before: datetime, limit: int) -> list[tuple[Payment, Any]]:
         """Completed payments whose order has not confirmed them since before
         ``completed_before``, the longest waiting first, each with the time it waits since
-        (what :meth:`claim_order_check` compares). Served by the partial index
+        (what :meth:`claim_order_check` compares). Served by the sparse index
         ``awaiting_order``: only the waiting payments are in it."""
         cursor = self.payments.find(
             {AWAITING_ORDER_FIELD: {"$lte": completed_before}},
@@ -275,16 +277,18 @@ class PaymentsStore(MongoStore):
 
     def unrefunded_for_orders(self, order_ids: Sequence[str]) -> dict[str, str]:
         """``{order id: payment id}`` of the completed payments of ``order_ids`` whose
-        refund nobody asked for (index ``one_payment_per_order``: one each at most)."""
+        refund nobody asked for (one each at most, as ``one_payment_per_order``
+        guarantees). Found by ``orderId`` alone (index ``by_order``, see
+        :meth:`completed_for_order`), the rest checked here."""
         cursor = self.payments.find(
-            {
-                "activeOrderId": {"$in": list(order_ids)},
-                "status": COMPLETED,
-                "refundRequestedAt": {"$exists": False},
-            },
-            {"orderId": 1},
+            {"orderId": {"$in": list(order_ids)}},
+            {"orderId": 1, "status": 1, "refundRequestedAt": 1},
         )
-        return {doc["orderId"]: doc["_id"] for doc in cursor}
+        return {
+            doc["orderId"]: doc["_id"]
+            for doc in cursor
+            if doc["status"] == COMPLETED and "refundRequestedAt" not in doc
+        }
 
 
 PAYMENT = DocumentMapper(Payment, {"card": DocumentMapper(CardSummary)})
