@@ -96,14 +96,6 @@ class PaymentsSettings(Settings):
         "well above RPC_TIMEOUT and the network's own timeout, so no live charge is settled.",
     )
 
-    def check(self) -> None:
-        check_secret_for_environment(
-            self.idempotency_secret,
-            self.shop_env,
-            name=PaymentsSettings.idempotency_secret.key,
-            default=DEFAULT_IDEMPOTENCY_SECRET,
-        )
-
     reconcile_seconds = Setting(
         "PAYMENTS_RECONCILE_SECONDS",
         positive_number,
@@ -123,6 +115,14 @@ class PaymentsSettings(Settings):
         100,
         "Payments settled at most in one look (one RPC to orders each).",
     )
+
+    def check(self) -> None:
+        check_secret_for_environment(
+            self.idempotency_secret,
+            self.shop_env,
+            name=PaymentsSettings.idempotency_secret.key,
+            default=DEFAULT_IDEMPOTENCY_SECRET,
+        )
 
     @property
     def settled_within(self) -> int:
