@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -230,3 +230,69 @@ def test_an_order_that_expired_with_a_completed_payment_is_refunded_once(shop):
     assert shop.network.refund_tries == [f"refund-{payment.id}"]
     assert len(shop.order(order["id"])["refunds"]) == 1
     assert AWAITING_ORDER_FIELD not in shop.payment(payment.id)
+
+
+class RecordingCollection:
+    """A collection that remembers the filters of its ``find`` calls."""
+
+    def __init__(self, collection) -> None:
+        self.collection = collection
+        self.finds: list[dict] = []
+
+    def find(self, query, *args, **kwargs):
+        self.finds.append(query)
+        return self.collection.find(query, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.collection, name)
+
+
+def index_used(collection, query: dict) -> str | None:
+    """The index the server's winning plan scans for ``query``; None for a full scan."""
+    plan = collection.find(query).explain()["queryPlanner"]["winningPlan"]
+    while plan:
+        if plan.get("stage") == "IXSCAN":
+            return plan["indexName"]
+        plan = plan.get("inputStage")
+    return None
+
+
+def test_the_sweeps_queries_are_served_by_an_index(mongo_client, shop_config):
+    from orders.store import INDEXES as ORDER_INDEXES
+    from orders.store import OrdersStore
+    from payments.store import INDEXES as PAYMENT_INDEXES
+
+    databases = shop_config["MONGO_DATABASES"]
+    orders_db, payments_db = mongo_client[databases["orders"]], mongo_client[databases["payments"]]
+    orders_db.orders.create_indexes(ORDER_INDEXES["orders"])
+    payments_db.payments.create_indexes(PAYMENT_INDEXES["payments"])
+    now = datetime.now(UTC)
+    then = now - timedelta(seconds=1)
+    # Many settled documents and a few due ones: only the due ones may be read.
+    orders_db.orders.insert_many(
+        [{"_id": f"o{i}", "status": "paid" if i % 10 else "pending", "createdAt": then,
+          **({"paymentCheckAt": then} if i % 20 == 0 else {})} for i in range(400)]
+    )  # fmt: skip
+    payments_db.payments.insert_many(
+        [{"_id": f"p{i}", "orderId": f"o{i}", "status": "completed", "userId": "u",
+          "amountCents": 100, "paymentMethod": "credit_card",
+          "card": {"brand": "visa", "last4": "1111"}, "createdAt": then, "updatedAt": then,
+          **({AWAITING_ORDER_FIELD: then} if i % 50 == 0 else {})} for i in range(400)]
+    )  # fmt: skip
+
+    orders_store = OrdersStore(orders_db)
+    orders_store.orders = RecordingCollection(orders_store.orders)
+    assert len(orders_store.due_payment_checks(now, now, 100)) == 40
+    payments_store = PaymentsStore(payments_db)
+    payments_store.payments = RecordingCollection(payments_store.payments)
+    assert len(payments_store.awaiting_order(now, 100)) == 8
+    assert payments_store.unrefunded_for_orders(["o1", "o2"]) == {"o1": "p1", "o2": "p2"}
+
+    assert [index_used(orders_db.orders, q) for q in orders_store.orders.finds] == [
+        "payment_checks",
+        "payment_checks",
+    ]
+    assert [index_used(payments_db.payments, q) for q in payments_store.payments.finds] == [
+        "awaiting_order",
+        "by_order",
+    ]
