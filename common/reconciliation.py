@@ -40,6 +40,13 @@ UNKNOWN_ORDER = "unknown_order"
 BUSY = "busy"
 SETTLEMENT_OUTCOMES = (PAID_NOW, ALREADY_PAID, REJECTED, UNKNOWN_ORDER, BUSY)
 
+#: The checks, as logs and ``reconciliation_repairs_total{check=...}`` name them: payments'
+#: timer (a completed payment its order never confirmed) and orders' (a pending order
+#: with a completed payment). A repair is counted by the service whose write made it,
+#: so a repair made by an RPC whose answer was lost is counted all the same.
+PAYMENT_WITHOUT_PAID_ORDER = "payment_without_paid_order"
+PENDING_ORDER_WITH_PAYMENT = "pending_order_with_payment"
+
 #: Order ids ``unrefunded_payments`` takes at most in one call.
 MAX_BATCH = 500
 

@@ -28,6 +28,8 @@ from common.reconciliation import (
     ALREADY_PAID,
     BUSY,
     PAID_NOW,
+    PAYMENT_WITHOUT_PAID_ORDER,
+    PENDING_ORDER_WITH_PAYMENT,
     REJECTED,
     UNKNOWN_ORDER,
     RepairReport,
@@ -42,10 +44,14 @@ ORDER_PAYMENT_REJECTED = "order_payment_rejected"
 #: Times a settlement is tried again after another change saved the order first.
 SAVE_ATTEMPTS = 5
 
-#: The check's name in logs and ``reconciliation_repairs_total{check=...}``.
-CHECK = "pending_order_with_payment"
-#: The one repair it makes: the order is paid by the payment it missed.
+#: What orders repairs, counted under ``PENDING_ORDER_WITH_PAYMENT`` (its own timer) or
+#: ``PAYMENT_WITHOUT_PAID_ORDER`` (payments' timer asked): the order is paid by the
+#: payment it missed.
 MARKED_PAID = "marked_paid"
+KNOWN_REPAIRS = (
+    (PENDING_ORDER_WITH_PAYMENT, MARKED_PAID),
+    (PAYMENT_WITHOUT_PAID_ORDER, MARKED_PAID),
+)
 
 #: :func:`payment_effect`'s answers besides ``ALREADY_PAID`` and ``REJECTED``.
 PAY = "pay"
@@ -136,12 +142,32 @@ class PaymentCheck:
             if outcome == PAID_NOW:
                 repaired += 1
                 self.report.record(
-                    CHECK, MARKED_PAID,
+                    PENDING_ORDER_WITH_PAYMENT, MARKED_PAID,
                     f"order {order_id} was pending though payment {payment_id} had paid it "
                     "(an event was lost); it is paid now",
                     orderId=order_id, paymentId=payment_id,
                 )  # fmt: skip
         return repaired
+
+
+def settle_asked_by_payments(
+    settlement: PaymentSettlement, report: RepairReport, order_id: Any, payment_id: Any
+) -> dict[str, Any]:
+    """``orders.settle_payment``'s answer, ``{outcome, status}``: the payment applied as
+    ``payment_succeeded`` would be, once per payment. An order paid now is counted here,
+    where it is written, so it is counted even when the answer never reaches payments."""
+    if not isinstance(order_id, str) or not isinstance(payment_id, str):
+        return {"outcome": UNKNOWN_ORDER, "status": None}
+    outcome = settlement.settle(order_id, payment_id, settlement_event_id(payment_id))
+    if outcome == PAID_NOW:
+        report.record(
+            PAYMENT_WITHOUT_PAID_ORDER, MARKED_PAID,
+            f"order {order_id} was pending though payment {payment_id} had paid it (an "
+            "event was lost; payments asked); it is paid now",
+            orderId=order_id, paymentId=payment_id,
+        )  # fmt: skip
+    stored = settlement.store.get_order(order_id)
+    return {"outcome": outcome, "status": stored.order.status if stored else None}
 
 
 def _valid(payments: Any, asked: Sequence[str]) -> dict[str, str]:

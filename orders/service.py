@@ -24,7 +24,7 @@ from common.event_handlers import event_handler
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
-from common.reconciliation import UNKNOWN_ORDER, Repairs
+from common.reconciliation import Repairs
 from common.schemas import PageQuerySchema, load, load_query, page_body
 from common.settings import Setting, Settings, SettingsProvider, positive_int, positive_number
 from common.timers import configured_timer
@@ -38,12 +38,11 @@ from orders.domain import (
     price_lines,
     stock_kept,
 )
-from orders.reconciliation import CHECK as RECONCILE_CHECK
 from orders.reconciliation import (
-    MARKED_PAID,
+    KNOWN_REPAIRS,
     PaymentCheck,
     PaymentSettlement,
-    settlement_event_id,
+    settle_asked_by_payments,
 )
 from orders.schemas import (
     CreateOrderSchema,
@@ -108,7 +107,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     auth = Auth()
     outbox = Outbox()
     payments = RpcProxy(PAYMENTS_SERVICE)
-    repairs = Repairs([(RECONCILE_CHECK, MARKED_PAID)])
+    repairs = Repairs(KNOWN_REPAIRS)
 
     @rpc
     def health(self) -> dict:
@@ -290,11 +289,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     def settle_payment(self, order_id: Any, payment_id: Any) -> dict:
         """Apply a completed payment to its order as ``payment_succeeded`` would, once:
         ``{outcome, status}`` (``common.reconciliation.SETTLEMENT_OUTCOMES``)."""
-        if not isinstance(order_id, str) or not isinstance(payment_id, str):
-            return {"outcome": UNKNOWN_ORDER, "status": None}
-        outcome = self._settlement().settle(order_id, payment_id, settlement_event_id(payment_id))
-        stored = self.store.get_order(order_id)
-        return {"outcome": outcome, "status": stored.order.status if stored else None}
+        return settle_asked_by_payments(self._settlement(), self.repairs, order_id, payment_id)
 
     # -- events -----------------------------------------------------------------------
 

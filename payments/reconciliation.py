@@ -9,7 +9,7 @@ update: of several instances one checks it), and asks orders to settle it
 (``orders.settle_payment``, see ``common.reconciliation``):
 
 - ``paid_now``: the order was still pending (``payment_succeeded`` was lost) and is paid
-  now: the payment stops waiting; a repair, counted.
+  now: the payment stops waiting; a repair, logged (orders, which wrote it, counts it).
 - ``already_paid``: only the confirmation was missed: the payment stops waiting.
 - ``rejected``: the order expired, was cancelled or was paid by another payment: the
   payment is refunded, once (``Refunds``); a repair, counted, when asked now.
@@ -33,6 +33,7 @@ from common.reconciliation import (
     ALREADY_PAID,
     BUSY,
     PAID_NOW,
+    PAYMENT_WITHOUT_PAID_ORDER,
     REJECTED,
     UNKNOWN_ORDER,
     RepairReport,
@@ -43,12 +44,11 @@ from payments.store import PaymentsStore
 
 log = logging.getLogger(__name__)
 
-#: The check's name in logs and ``reconciliation_repairs_total{check=...}``.
-CHECK = "payment_without_paid_order"
-#: What the check did: the order was paid by it, or the payment refunded.
+#: What the check did: the order was paid by it (written, and counted, by orders), or
+#: the payment refunded (counted here, as ``PAYMENT_WITHOUT_PAID_ORDER``).
 ORDER_PAID = "order_paid"
 REFUNDED = "refunded"
-REPAIR_ACTIONS = (ORDER_PAID, REFUNDED)
+KNOWN_REPAIRS = ((PAYMENT_WITHOUT_PAID_ORDER, REFUNDED),)
 
 #: What payments does with each answer of orders (module doc).
 CONFIRM = "confirm"
@@ -114,11 +114,12 @@ class OrderReconciliation:
             self.store.order_confirmed(payment.id)
             if answer["outcome"] != PAID_NOW:
                 return "confirmed"
-            self.report.record(
-                CHECK, ORDER_PAID,
-                f"payment {payment.id} had not paid order {payment.order_id} (an event was "
-                "lost); the order is paid now",
-                **ids,
+            # Orders wrote it and counted it; a repair all the same, logged here too.
+            log.warning(
+                "payment %s had not paid order %s (an event was lost); the order is paid now",
+                payment.id, payment.order_id,
+                extra={"reconciliation": PAYMENT_WITHOUT_PAID_ORDER, "action": ORDER_PAID,
+                       **ids},
             )  # fmt: skip
             return ORDER_PAID
         if action == REFUND:
@@ -131,7 +132,7 @@ class OrderReconciliation:
             self.store.order_confirmed(payment.id)
             status = answer.get("status")
             self.report.record(
-                CHECK, REFUNDED,
+                PAYMENT_WITHOUT_PAID_ORDER, REFUNDED,
                 f"order {payment.order_id} is {status} and cannot be paid by payment "
                 f"{payment.id}; the payment is refunded",
                 orderStatus=status, refundAskedHere=asked_here, **ids,

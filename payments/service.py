@@ -50,8 +50,7 @@ from common.tokens import SHOP_ENV, check_secret_for_environment
 from payments.card_network import CardNetworkProvider
 from payments.charges import Charges
 from payments.domain import validate_card, validate_idempotency_key
-from payments.reconciliation import CHECK as RECONCILE_CHECK
-from payments.reconciliation import REPAIR_ACTIONS, OrderReconciliation, OrdersUnavailable
+from payments.reconciliation import KNOWN_REPAIRS, OrderReconciliation, OrdersUnavailable
 from payments.recovery import ChargeReconciliation, Refunds
 from payments.schemas import (
     ID_MAX_LENGTH,
@@ -139,7 +138,7 @@ class PaymentsService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     orders = RpcProxy("orders")
     card_network = CardNetworkProvider()
     outbox = Outbox()
-    repairs = Repairs([(RECONCILE_CHECK, action) for action in REPAIR_ACTIONS])
+    repairs = Repairs(KNOWN_REPAIRS)
 
     @rpc
     def health(self) -> dict:

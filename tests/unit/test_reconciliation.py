@@ -14,13 +14,20 @@ from common.reconciliation import (
     ALREADY_PAID,
     BUSY,
     PAID_NOW,
+    PAYMENT_WITHOUT_PAID_ORDER,
+    PENDING_ORDER_WITH_PAYMENT,
     REJECTED,
     UNKNOWN_ORDER,
     RepairReport,
     Repairs,
 )
 from orders import reconciliation as orders_side
-from orders.reconciliation import PaymentCheck, PaymentSettlement, payment_effect
+from orders.reconciliation import (
+    PaymentCheck,
+    PaymentSettlement,
+    payment_effect,
+    settle_asked_by_payments,
+)
 from orders.store import OrdersStore, StoredOrder
 from payments import reconciliation as payments_side
 from payments.reconciliation import (
@@ -120,6 +127,23 @@ def test_settling_an_unknown_order_changes_nothing(orders_store, outbox):
     assert settlement(orders_store, outbox).settle("nope", "pay-1", "ev-1") == UNKNOWN_ORDER
 
 
+@pytest.mark.parametrize(
+    ("outcome", "repairs"), [(PAID_NOW, 1), (ALREADY_PAID, 0), (REJECTED, 0), (BUSY, 0)]
+)
+def test_orders_counts_an_order_paid_at_payments_request_where_it_writes_it(
+    orders_store, outcome, repairs
+):
+    settle = create_autospec(PaymentSettlement, instance=True)
+    settle.store = orders_store
+    settle.settle.return_value = outcome
+    orders_store.get_order.return_value = StoredOrder(an_order("paid", payment_id="pay-1"), 4)
+    report, registry = repairs_counted()
+    answer = settle_asked_by_payments(settle, report, "order-1", "pay-1")
+    assert answer == {"outcome": outcome, "status": "paid"}
+    settle.settle.assert_called_once_with("order-1", "pay-1", "reconcile-pay-1")
+    assert counted(registry, PAYMENT_WITHOUT_PAID_ORDER, orders_side.MARKED_PAID) == repairs
+
+
 # -- orders' timer: pending orders with a completed payment ---------------------------------
 
 
@@ -151,7 +175,7 @@ def test_orders_asks_about_the_orders_it_claimed_and_marks_the_paid_ones_paid(or
     assert asked == [["o-1", "o-3"]]  # one call for the batch, only what it claimed
     # Only o-1: o-2 is the other instance's, o-9 was never asked about.
     settle.settle.assert_called_once_with("o-1", "pay-1", "reconcile-pay-1")
-    assert counted(registry, orders_side.CHECK, orders_side.MARKED_PAID) == 1
+    assert counted(registry, PENDING_ORDER_WITH_PAYMENT, orders_side.MARKED_PAID) == 1
 
 
 def test_orders_counts_only_what_it_changed(orders_store):
@@ -161,7 +185,7 @@ def test_orders_counts_only_what_it_changed(orders_store):
     check, settle = payment_check(orders_store, lambda ids: {"o-1": "pay-1"}, report)
     settle.settle.return_value = ALREADY_PAID  # the event arrived meanwhile
     assert check.sweep(GRACE, 10) == 0
-    assert counted(registry, orders_side.CHECK, orders_side.MARKED_PAID) == 0
+    assert counted(registry, PENDING_ORDER_WITH_PAYMENT, orders_side.MARKED_PAID) == 0
 
 
 def test_orders_leaves_everything_to_the_next_check_when_payments_does_not_answer(
@@ -251,7 +275,8 @@ def test_payments_gets_an_unpaid_order_paid_and_counts_it(payments_store):
     assert [c.args for c in payments_store.order_confirmed.call_args_list] == [("p1",), ("p2",)]
     refunds.request.assert_not_called()
     assert done[payments_side.ORDER_PAID] == 1 and done["confirmed"] == 1
-    assert counted(registry, payments_side.CHECK, payments_side.ORDER_PAID) == 1
+    # Orders wrote the repair and counts it (settle_asked_by_payments); payments logs it.
+    assert counted(registry, PAYMENT_WITHOUT_PAID_ORDER, payments_side.ORDER_PAID) == 0
 
 
 def test_payments_refunds_a_payment_whose_order_expired_once(payments_store):
@@ -261,7 +286,7 @@ def test_payments_refunds_a_payment_whose_order_expired_once(payments_store):
     reconciliation, refunds, _, registry = order_reconciliation(payments_store, answers)
     reconciliation.sweep(GRACE, 50)
     refunds.request.assert_called_once_with("reconcile-p1", "order-p1", "p1")
-    assert counted(registry, payments_side.CHECK, payments_side.REFUNDED) == 1
+    assert counted(registry, PAYMENT_WITHOUT_PAID_ORDER, payments_side.REFUNDED) == 1
 
 
 def test_payments_checks_a_payment_another_instance_claimed_not_at_all(payments_store):
@@ -295,7 +320,7 @@ def test_payments_leaves_an_undecided_payment_waiting(payments_store, outcome):
     reconciliation.sweep(GRACE, 50)
     payments_store.order_confirmed.assert_not_called()
     refunds.request.assert_not_called()
-    assert counted(registry, payments_side.CHECK, payments_side.REFUNDED) == 0
+    assert counted(registry, PAYMENT_WITHOUT_PAID_ORDER, payments_side.REFUNDED) == 0
 
 
 # -- the report ---------------------------------------------------------------------------
