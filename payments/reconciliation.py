@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: What the check did: the order was paid by it (written, and counted, by orders), or
 #: the payment refunded (counted here, as ``PAYMENT_WITHOUT_PAID_ORDER``).
-ORDER_PAID = "order_paid"
+MARKED_PAID = "marked_paid"
 REFUNDED = "refunded"
 KNOWN_REPAIRS = ((PAYMENT_WITHOUT_PAID_ORDER, REFUNDED),)
 
@@ -92,9 +92,9 @@ class OrderReconciliation:
 
     def sweep(self, grace: timedelta, limit: int) -> dict[str, int]:
         """Settle up to ``limit`` payments waiting longer than ``grace``; what was done,
-        by action (``order_paid``, ``refunded``, ``confirmed``, ``check_again``)."""
+        by action (``marked_paid``, ``refunded``, ``confirmed``, ``check_again``)."""
         now = self.now()
-        done = {ORDER_PAID: 0, REFUNDED: 0, "confirmed": 0, CHECK_AGAIN: 0}
+        done = {MARKED_PAID: 0, REFUNDED: 0, "confirmed": 0, CHECK_AGAIN: 0}
         for payment, waiting_since in self.store.awaiting_order(now - grace, limit):
             if not self.store.claim_order_check(payment.id, waiting_since, now):
                 continue  # another instance checks it, or it stopped waiting
@@ -118,10 +118,10 @@ class OrderReconciliation:
             log.warning(
                 "payment %s had not paid order %s (an event was lost); the order is paid now",
                 payment.id, payment.order_id,
-                extra={"reconciliation": PAYMENT_WITHOUT_PAID_ORDER, "action": ORDER_PAID,
+                extra={"reconciliation": PAYMENT_WITHOUT_PAID_ORDER, "action": MARKED_PAID,
                        **ids},
             )  # fmt: skip
-            return ORDER_PAID
+            return MARKED_PAID
         if action == REFUND:
             # Orders' answer also sent order_payment_rejected, which asks for the same
             # refund: whichever asks first does it, the other changes nothing. Either way

@@ -274,9 +274,9 @@ def test_payments_gets_an_unpaid_order_paid_and_counts_it(payments_store):
     assert asked == [("order-p1", "p1"), ("order-p2", "p2")]
     assert [c.args for c in payments_store.order_confirmed.call_args_list] == [("p1",), ("p2",)]
     refunds.request.assert_not_called()
-    assert done[payments_side.ORDER_PAID] == 1 and done["confirmed"] == 1
+    assert done[payments_side.MARKED_PAID] == 1 and done["confirmed"] == 1
     # Orders wrote the repair and counts it (settle_asked_by_payments); payments logs it.
-    assert counted(registry, PAYMENT_WITHOUT_PAID_ORDER, payments_side.ORDER_PAID) == 0
+    assert counted(registry, PAYMENT_WITHOUT_PAID_ORDER, payments_side.MARKED_PAID) == 0
 
 
 def test_payments_refunds_a_payment_whose_order_expired_once(payments_store):
