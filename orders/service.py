@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.timer import timer
-from nameko_redis_transport.nameko.rpc import rpc
+from nameko_redis_transport.nameko.rpc import RpcProxy, rpc
 
 from common import dead_letters, ops_http
 from common.auth import Auth, Caller
@@ -24,11 +24,12 @@ from common.event_handlers import event_handler
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
+from common.reconciliation import Repairs
 from common.schemas import PageQuerySchema, load, load_query, page_body
-from common.settings import Setting, Settings, SettingsProvider, positive_number
+from common.settings import Setting, Settings, SettingsProvider, positive_int, positive_number
+from common.timers import configured_timer
 from orders.domain import (
     DEMO_CATALOG,
-    PENDING,
     Address,
     Order,
     PricedLines,
@@ -36,6 +37,12 @@ from orders.domain import (
     RequestedItem,
     price_lines,
     stock_kept,
+)
+from orders.reconciliation import (
+    KNOWN_REPAIRS,
+    PaymentCheck,
+    PaymentSettlement,
+    settle_asked_by_payments,
 )
 from orders.schemas import (
     CreateOrderSchema,
@@ -60,10 +67,8 @@ SAVE_ATTEMPTS = 5
 
 PAYMENTS_SERVICE = "payments"
 ORDER_CREATED = "order_created"
-ORDER_PAID = "order_paid"
 ORDER_CANCELLED = "order_cancelled"
 ORDER_EXPIRED = "order_expired"
-ORDER_PAYMENT_REJECTED = "order_payment_rejected"
 
 
 class OrdersSettings(Settings):
@@ -72,6 +77,25 @@ class OrdersSettings(Settings):
         positive_number,
         15.0,
         "Minutes an unpaid order keeps its stock reserved before it expires.",
+    )
+    reconcile_seconds = Setting(
+        "ORDERS_RECONCILE_SECONDS",
+        positive_number,
+        30.0,
+        "Seconds between two looks for pending orders a completed payment paid unseen.",
+    )
+    reconcile_grace_seconds = Setting(
+        "ORDERS_RECONCILE_GRACE_SECONDS",
+        positive_number,
+        60.0,
+        "Age of a pending order before payments is asked whether it was paid, and the "
+        "wait between two such checks; well above an event's delivery time.",
+    )
+    reconcile_batch = Setting(
+        "ORDERS_RECONCILE_BATCH",
+        positive_int,
+        100,
+        "Pending orders checked at most in one look (one RPC to payments).",
     )
 
 
@@ -82,6 +106,8 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     store = OrdersDatabase(DEMO_CATALOG)
     auth = Auth()
     outbox = Outbox()
+    payments = RpcProxy(PAYMENTS_SERVICE)
+    repairs = Repairs(KNOWN_REPAIRS)
 
     @rpc
     def health(self) -> dict:
@@ -242,6 +268,29 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         self.store.fail_stale_reservations(self.store.now() - RESERVING_TIMEOUT)
         self.store.settle_released()
 
+    @configured_timer(OrdersSettings.reconcile_seconds)
+    def reconcile_payments(self) -> None:
+        """Mark paid the pending orders a completed payment paid without its event
+        reaching us (orders.reconciliation)."""
+        check = PaymentCheck(
+            self.store,
+            self._settlement(),
+            unrefunded_payments=self.payments.unrefunded_payments,
+            now=self.store.now,
+            report=self.repairs,
+        )
+        check.sweep(
+            timedelta(seconds=self.settings.reconcile_grace_seconds), self.settings.reconcile_batch
+        )
+
+    # -- reconciliation (internal: not routed by the gateway; common.reconciliation) ----
+
+    @rpc
+    def settle_payment(self, order_id: Any, payment_id: Any) -> dict:
+        """Apply a completed payment to its order as ``payment_succeeded`` would, once:
+        ``{outcome, status}`` (``common.reconciliation.SETTLEMENT_OUTCOMES``)."""
+        return settle_asked_by_payments(self._settlement(), self.repairs, order_id, payment_id)
+
     # -- events -----------------------------------------------------------------------
 
     @event_handler(PAYMENTS_SERVICE, "payment_succeeded")
@@ -249,26 +298,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         """pending -> paid, once; an order no longer pending rejects the payment
         (``order_payment_rejected``) so that payments refunds it."""
         data = event["data"]
-        order_id, payment_id = data["orderId"], data["paymentId"]
-        for _ in range(SAVE_ATTEMPTS):
-            stored = self.store.get_order(order_id)
-            if stored is None:
-                log.warning("payment %s is for an unknown order %s", payment_id, order_id)
-                return
-            order = stored.order
-            if order.payment_id == payment_id:
-                return  # a redelivery: this payment already paid it
-            if order.status != PENDING:
-                rejected = _order_event(ORDER_PAYMENT_REJECTED, order, paymentId=payment_id)
-                if self.store.reject_payment(order_id, payment_id, event["id"], rejected):
-                    self.outbox.flush(self.store.orders, order_id)
-                return
-            order.pay(self.store.now(), payment_id)
-            paid = _order_event(ORDER_PAID, order, paymentId=payment_id)
-            if self.store.apply_payment(stored, event["id"], paid):
-                self.outbox.flush(self.store.orders, order_id)
-                return
-        log.warning("order %s kept changing; payment %s left to redelivery", order_id, payment_id)
+        self._settlement().settle(data["orderId"], data["paymentId"], event["id"])
 
     @event_handler(PAYMENTS_SERVICE, "payment_refunded")
     def on_payment_refunded(self, event: dict) -> None:
@@ -279,6 +309,9 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         self.store.record_refund(data["orderId"], refund, event["id"])
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _settlement(self) -> PaymentSettlement:
+        return PaymentSettlement(self.store, self.outbox, now=self.store.now)
 
     def _visible_order(self, caller: Caller, order_id: Any) -> StoredOrder:
         stored = self.store.get_order(order_id) if isinstance(order_id, str) else None

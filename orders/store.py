@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 PRODUCTS = "products"
 ORDERS = "orders"
 HOLDS_FIELD = "holds"
+#: When a pending order is next due a payment check (orders.reconciliation); absent
+#: until its first check.
+PAYMENT_CHECK_FIELD = "paymentCheckAt"
 #: Compare-and-set attempts on one hold before giving up to the recovery sweep.
 CAS_ATTEMPTS = 20
 
@@ -60,6 +63,11 @@ INDEXES = {
         IndexModel([("userId", ASCENDING), ("createdAt", DESCENDING)]),
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)]),
         IndexModel([("createdAt", DESCENDING), ("_id", DESCENDING)]),
+        # orders.reconciliation: pending orders due a payment check, never all of them.
+        IndexModel(
+            [("status", ASCENDING), (PAYMENT_CHECK_FIELD, ASCENDING), ("createdAt", ASCENDING)],
+            name="payment_checks",
+        ),
     ],
 }
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
@@ -379,6 +387,45 @@ class OrdersStore(MongoStore):
         return apply_once(
             self.orders, {"_id": order_id}, {"$push": {"refunds": dict(refund)}}, event_id
         )
+
+    # -- reconciliation with payments (orders.reconciliation) ---------------------------
+
+    def due_payment_checks(
+        self, now: datetime, created_before: datetime, limit: int
+    ) -> list[tuple[str, datetime | None]]:
+        """Pending orders due a payment check, with the due time a claim compares: those
+        never checked and created before ``created_before`` (oldest first), then those
+        whose next check is due by ``now``. Both queries run on index ``payment_checks``
+        (``{field: None}`` also matches a missing field), at most ``limit`` in all."""
+        never = self.orders.find(
+            {"status": PENDING, PAYMENT_CHECK_FIELD: None, "createdAt": {"$lte": created_before}},
+            {"_id": 1},
+            sort=[("createdAt", ASCENDING)],
+            limit=limit,
+        )
+        due: list[tuple[str, datetime | None]] = [(doc["_id"], None) for doc in never]
+        if len(due) < limit:
+            again = self.orders.find(
+                {"status": PENDING, PAYMENT_CHECK_FIELD: {"$lte": now}},
+                {PAYMENT_CHECK_FIELD: 1},
+                sort=[(PAYMENT_CHECK_FIELD, ASCENDING)],
+                limit=limit - len(due),
+            )
+            due.extend((doc["_id"], doc[PAYMENT_CHECK_FIELD]) for doc in again)
+        return due
+
+    def claim_payment_check(
+        self, order_id: str, due_at: datetime | None, next_at: datetime
+    ) -> bool:
+        """Take the check of a pending order found due at ``due_at`` (None: never
+        checked), making the next one due at ``next_at``; False when another instance
+        took it, or the order moved on, since it was read. Leaves ``version`` alone: a
+        check is no change a client's edit should retry for."""
+        result = self.orders.update_one(
+            {"_id": order_id, "status": PENDING, PAYMENT_CHECK_FIELD: due_at},
+            {"$set": {PAYMENT_CHECK_FIELD: next_at}},
+        )
+        return result.modified_count == 1
 
 
 class OrdersDatabase(Mongo):

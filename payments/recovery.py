@@ -50,22 +50,25 @@ class Refunds:
     now: Clock
     first_retry_delay: timedelta
 
-    def request(self, event_id: str, order_id: Any, payment_id: Any) -> None:
-        """Refund the completed payment of ``order_id`` that ``event_id`` names, once.
+    def request(self, event_id: str, order_id: Any, payment_id: Any) -> bool:
+        """Refund the completed payment of ``order_id`` that ``event_id`` names, once;
+        True when this call asked for it (done now, or left to the retries).
 
-        The request is recorded first, then tried; a failed try is left to
-        :meth:`retry_due`. A second event about the same payment changes nothing.
+        ``payment_id`` None: the order's completed payment, if it has one. The request
+        is recorded first, then tried; a failed try is left to :meth:`retry_due`. A
+        second event about the same payment changes nothing.
         """
         payment = self._payment_to_refund(order_id, payment_id)
         if payment is None:
             log.info("event %s: no completed payment of order %s to refund", event_id, order_id)
-            return
+            return False
         now = self.now()
         retry_at = now + refund_retry_delay(1, self.first_retry_delay)
         if not self.store.request_refund(payment.id, event_id, now, retry_at):
             log.info("event %s: the refund of payment %s was asked already", event_id, payment.id)
-            return
+            return False
         self._try(RefundRequest(payment=payment, event_id=event_id, attempts=1))
+        return True
 
     def retry_due(self, limit: int = RECOVERY_BATCH) -> int:
         """Try again the requested refunds that are due; how many were done now."""

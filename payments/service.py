@@ -2,7 +2,8 @@
 
 Entrypoints only, as in every service: each loads its input with ``payments.schemas``,
 hands the use case to ``payments.charges`` (the idempotent charge) or
-``payments.recovery`` (refunds, and the attempts a dead process left ``processing``),
+``payments.recovery`` (refunds, and the attempts a dead process left ``processing``)
+or ``payments.reconciliation`` (completed payments whose order never confirmed them),
 which decide with ``payments.domain`` and write through ``payments.store``, and answers
 with the schemas.
 """
@@ -15,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from marshmallow import ValidationError
-from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.timer import timer
 from nameko_redis_transport.nameko.rpc import RpcProxy, rpc
 
@@ -34,13 +35,22 @@ from common.event_handlers import event_handler
 from common.events import Outbox
 from common.health import health_report
 from common.logs import RequestContext
+from common.reconciliation import MAX_BATCH, Repairs
 from common.schemas import load_query, page_body
-from common.settings import Setting, Settings, SettingsProvider, positive_number, text
+from common.settings import (
+    Setting,
+    Settings,
+    SettingsProvider,
+    positive_int,
+    positive_number,
+    text,
+)
 from common.timers import configured_timer
 from common.tokens import SHOP_ENV, check_secret_for_environment
 from payments.card_network import CardNetworkProvider
 from payments.charges import Charges
 from payments.domain import validate_card, validate_idempotency_key
+from payments.reconciliation import KNOWN_REPAIRS, OrderReconciliation, OrdersUnavailable
 from payments.recovery import ChargeReconciliation, Refunds
 from payments.schemas import (
     ID_MAX_LENGTH,
@@ -85,6 +95,26 @@ class PaymentsSettings(Settings):
         "well above RPC_TIMEOUT and the network's own timeout, so no live charge is settled.",
     )
 
+    reconcile_seconds = Setting(
+        "PAYMENTS_RECONCILE_SECONDS",
+        positive_number,
+        30.0,
+        "Seconds between two looks for completed payments whose order never confirmed them.",
+    )
+    reconcile_grace_seconds = Setting(
+        "PAYMENTS_RECONCILE_GRACE_SECONDS",
+        positive_number,
+        60.0,
+        "Age of a completed payment its order has not confirmed before orders is asked to "
+        "settle it, and the wait between two such asks; well above an event's delivery time.",
+    )
+    reconcile_batch = Setting(
+        "PAYMENTS_RECONCILE_BATCH",
+        positive_int,
+        100,
+        "Payments settled at most in one look (one RPC to orders each).",
+    )
+
     def check(self) -> None:
         check_secret_for_environment(
             self.idempotency_secret,
@@ -108,6 +138,7 @@ class PaymentsService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     orders = RpcProxy("orders")
     card_network = CardNetworkProvider()
     outbox = Outbox()
+    repairs = Repairs(KNOWN_REPAIRS)
 
     @rpc
     def health(self) -> dict:
@@ -153,10 +184,26 @@ class PaymentsService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
 
     @event_handler("orders", "order_cancelled")
     def on_order_cancelled(self, event: dict) -> None:
-        """A paid order was cancelled: refund its completed payment, once."""
+        """An order was cancelled: refund its completed payment, once. A pending one
+        may have one too, when its ``payment_succeeded`` had not arrived yet."""
         data = _event_data(event)
-        if data is not None and data.get("wasPaid") is True:
+        if data is not None:
             self._refunds().request(event["id"], data.get("orderId"), data.get("paymentId"))
+
+    @event_handler("orders", "order_expired")
+    def on_order_expired(self, event: dict) -> None:
+        """An order expired unpaid: a completed payment of it (whose ``payment_succeeded``
+        came too late or never) is refunded, once."""
+        data = _event_data(event)
+        if data is not None:
+            self._refunds().request(event["id"], data.get("orderId"), None)
+
+    @event_handler("orders", "order_paid")
+    def on_order_paid(self, event: dict) -> None:
+        """The order confirmed the payment: it no longer waits for reconciliation."""
+        data = _event_data(event)
+        if data is not None and isinstance(data.get("paymentId"), str):
+            self.store.order_confirmed(data["paymentId"])
 
     @event_handler("orders", "order_payment_rejected")
     def on_order_payment_rejected(self, event: dict) -> None:
@@ -182,6 +229,36 @@ class PaymentsService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
             self.store, self.card_network, self.outbox, now=self.store.now
         )
         reconciliation.settle_stale(timedelta(seconds=self.settings.stale_attempt_seconds))
+
+    @configured_timer(PaymentsSettings.reconcile_seconds)
+    def reconcile_orders(self) -> None:
+        """Settle completed payments whose order never confirmed them: the order is
+        paid, or the payment refunded (payments.reconciliation)."""
+        reconciliation = OrderReconciliation(
+            self.store,
+            self._refunds(),
+            settle_order=self._settle_order,
+            now=self.store.now,
+            report=self.repairs,
+        )
+        reconciliation.sweep(
+            timedelta(seconds=self.settings.reconcile_grace_seconds),
+            self.settings.reconcile_batch,
+        )
+
+    @rpc
+    def unrefunded_payments(self, order_ids: Any) -> dict:
+        """Internal (orders' reconciliation; not routed by the gateway): ``{order id:
+        payment id}`` of the completed payments of ``order_ids`` not being refunded."""
+        if not isinstance(order_ids, list) or len(order_ids) > MAX_BATCH:
+            raise ValidationFailed.for_field("orderIds", f"At most {MAX_BATCH} order ids.")
+        return self.store.unrefunded_for_orders([i for i in order_ids if isinstance(i, str)])
+
+    def _settle_order(self, order_id: str, payment_id: str) -> dict:
+        try:
+            return self.orders.settle_payment(order_id, payment_id)
+        except (UnknownService, RpcTimeout, RemoteError) as exc:
+            raise OrdersUnavailable(type(exc).__name__) from None
 
     def _charges(self) -> Charges:
         return Charges(

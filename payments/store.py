@@ -16,11 +16,16 @@ charge's key at the card network (``networkKey``), so an attempt a dead process 
 A refund is first recorded as requested on the completed payment (``refundRequestedAt``,
 ``refundEventId``, ``refundAttempts``, ``refundRetryAt``), then done at the network; until
 ``mark_refunded`` writes it, the payment stays ``completed`` and is retried when due.
+
+A completed payment waits for its order (``awaitingOrderSince``, the time it completed)
+until orders confirms it paid the order (``order_paid``, or the reconciliation's answer)
+or its refund is asked; ``payments.reconciliation`` asks orders about those still
+waiting after a grace period (:meth:`PaymentsStore.awaiting_order`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -45,6 +50,8 @@ from payments.domain import (
 )
 
 PAYMENTS = "payments"
+#: Set while a completed payment waits for its order to confirm it (module doc).
+AWAITING_ORDER_FIELD = "awaitingOrderSince"
 
 INDEXES: Mapping[str, list[IndexModel]] = {
     PAYMENTS: [
@@ -68,6 +75,8 @@ INDEXES: Mapping[str, list[IndexModel]] = {
             partialFilterExpression={"refundRetryAt": {"$exists": True}},
             name="refunds_to_retry",
         ),
+        # Sparse, not partial: the embedded Mongo-wire server serves only the former.
+        IndexModel([(AWAITING_ORDER_FIELD, 1)], sparse=True, name="awaiting_order"),
     ]
 }
 
@@ -108,6 +117,8 @@ class PaymentsStore(MongoStore):
         update: dict[str, Any] = {"$set": _outcome_fields(payment)}
         if payment.status == FAILED:
             update["$unset"] = {"activeOrderId": ""}
+        if payment.status == COMPLETED:
+            update["$set"][AWAITING_ORDER_FIELD] = payment.updated_at
         event = new_event(*payment.outcome_event(), now=payment.updated_at)
         result = self.payments.update_one(
             {"_id": payment.id, "status": PROCESSING}, with_events(update, event)
@@ -137,8 +148,13 @@ class PaymentsStore(MongoStore):
         return None if document is None else _payment_from_document(document)
 
     def completed_for_order(self, order_id: str) -> Payment | None:
-        document = self.payments.find_one({"orderId": order_id, "status": COMPLETED})
-        return None if document is None else _payment_from_document(document)
+        """The order's completed payment, if any (one at most). The status is checked
+        here, not in the query: the embedded Mongo-wire server serves only the query on
+        ``orderId`` alone from its index (``by_order``), and an order has few attempts."""
+        for document in self.payments.find({"orderId": order_id}):
+            if document["status"] == COMPLETED:
+                return _payment_from_document(document)
+        return None
 
     def page_for_user(
         self, user_id: str, order_id: str | None, page: int, limit: int
@@ -170,7 +186,8 @@ class PaymentsStore(MongoStore):
                     "refundEventId": event_id,
                     "refundAttempts": 1,
                     "refundRetryAt": retry_at,
-                }
+                },
+                "$unset": {AWAITING_ORDER_FIELD: ""},
             },
         )
         return result.modified_count == 1
@@ -225,6 +242,53 @@ class PaymentsStore(MongoStore):
             with_events(update, event),
             event_id,
         )
+
+    # -- reconciliation with orders ---------------------------------------------------------
+
+    def awaiting_order(self, completed_before: datetime, limit: int) -> list[tuple[Payment, Any]]:
+        """Completed payments whose order has not confirmed them since before
+        ``completed_before``, the longest waiting first, each with the time it waits since
+        (what :meth:`claim_order_check` compares). Served by the sparse index
+        ``awaiting_order``: only the waiting payments are in it."""
+        cursor = self.payments.find(
+            {AWAITING_ORDER_FIELD: {"$lte": completed_before}},
+            sort=[(AWAITING_ORDER_FIELD, 1)],
+            limit=limit,
+        )
+        return [(_payment_from_document(doc), doc[AWAITING_ORDER_FIELD]) for doc in cursor]
+
+    def claim_order_check(self, payment_id: str, waiting_since: Any, now: datetime) -> bool:
+        """Take the check of one waiting payment, so that it waits from ``now`` (checked
+        again a grace period later if this check settles nothing); False when another
+        instance took it, or it stopped waiting, since it was read."""
+        result = self.payments.update_one(
+            {"_id": payment_id, AWAITING_ORDER_FIELD: waiting_since},
+            {"$set": {AWAITING_ORDER_FIELD: now}},
+        )
+        return result.modified_count == 1
+
+    def order_confirmed(self, payment_id: str) -> bool:
+        """Orders says this payment paid its order: it waits no more. Idempotent."""
+        result = self.payments.update_one(
+            {"_id": payment_id, AWAITING_ORDER_FIELD: {"$exists": True}},
+            {"$unset": {AWAITING_ORDER_FIELD: ""}},
+        )
+        return result.modified_count == 1
+
+    def unrefunded_for_orders(self, order_ids: Sequence[str]) -> dict[str, str]:
+        """``{order id: payment id}`` of the completed payments of ``order_ids`` whose
+        refund nobody asked for (one each at most, as ``one_payment_per_order``
+        guarantees). Found by ``orderId`` alone (index ``by_order``, see
+        :meth:`completed_for_order`), the rest checked here."""
+        cursor = self.payments.find(
+            {"orderId": {"$in": list(order_ids)}},
+            {"orderId": 1, "status": 1, "refundRequestedAt": 1},
+        )
+        return {
+            doc["orderId"]: doc["_id"]
+            for doc in cursor
+            if doc["status"] == COMPLETED and "refundRequestedAt" not in doc
+        }
 
 
 PAYMENT = DocumentMapper(Payment, {"card": DocumentMapper(CardSummary)})

@@ -30,6 +30,12 @@ FAULT_RETRY = {
     "EVENT_RETRY_FIRST_DELAY_SECONDS": 0.2,
     "EVENT_RETRY_MAX_DELAY_SECONDS": 1,
 }
+#: Reconciliation looks every 0.5 s at what is 2 s old (the defaults: 30 s and 60 s).
+FAULT_RECONCILE = {
+    f"{service}_RECONCILE_{key}": value
+    for service in ("ORDERS", "PAYMENTS")
+    for key, value in (("SECONDS", 0.5), ("GRACE_SECONDS", 2))
+}
 ADDRESS = {"street": "123 Main St", "city": "Seoul", "zipCode": "12345"}
 CARD = {"number": "4111111111111111", "expiry": "12/30", "cvv": "123"}
 
@@ -84,6 +90,7 @@ class Stack:
                 **FAULT_RETRY,
                 "PAYMENTS_RECOVERY_SECONDS": 0.5,
                 "PAYMENTS_REFUND_RETRY_SECONDS": 0.5,
+                **FAULT_RECONCILE,
                 "OPS_HTTP_ADDRESSES": {
                     name: f"127.0.0.1:{port}" for name, port in self.ops_ports.items()
                 },

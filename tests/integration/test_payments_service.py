@@ -367,13 +367,19 @@ def test_a_cancelled_paid_order_is_refunded_exactly_once(shop, rpc, tokens, shop
         kept = proxy.payments.process_payment(payment_body(kept_order))
 
     dispatch = event_dispatcher(shop_config)
-    # Neither an unpaid cancellation nor a malformed envelope refunds anything.
+    # Neither the cancellation of an order without a completed payment nor a malformed
+    # envelope refunds anything.
     dispatch(
         "orders",
         "order_cancelled",
         new_event(
             "order_cancelled",
-            {"orderId": kept_order, "userId": "user-alice", "wasPaid": False, "paymentId": None},
+            {
+                "orderId": add_order("user-alice"),
+                "userId": "user-alice",
+                "wasPaid": False,
+                "paymentId": None,
+            },
         ),
     )
     dispatch("orders", "order_cancelled", {"not": "an envelope"})

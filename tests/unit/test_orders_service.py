@@ -301,3 +301,32 @@ def test_an_unknown_product_is_not_found(service):
     with pytest.raises(NotFound):
         service.get_product({"$ne": None})
     service.store.get_product.assert_called_once_with("nope")
+
+
+def test_settle_payment_pays_a_pending_order_once_under_the_payments_own_id(service):
+    service.store.get_order.return_value = stored("pending")
+    service.store.apply_payment.return_value = True
+    assert service.settle_payment("order-1", "pay-1") == {"outcome": "paid_now", "status": "paid"}
+    (_, event_id, _), _ = service.store.apply_payment.call_args
+    assert event_id == "reconcile-pay-1"
+
+
+@pytest.mark.parametrize(("order_id", "payment_id"), [(None, "pay-1"), ("order-1", 5)])
+def test_settle_payment_of_malformed_ids_changes_nothing(service, order_id, payment_id):
+    assert service.settle_payment(order_id, payment_id)["outcome"] == "unknown_order"
+    service.store.apply_payment.assert_not_called()
+
+
+def test_the_payment_check_timer_reads_its_settings_and_asks_payments_once(service):
+    service.settings = OrdersSettings.read(
+        {"ORDERS_RECONCILE_GRACE_SECONDS": 5, "ORDERS_RECONCILE_BATCH": 3}
+    )
+    service.store.now.side_effect = None
+    service.store.now.return_value = NOW
+    service.store.due_payment_checks.return_value = [("order-1", None)]
+    service.store.claim_payment_check.return_value = True
+    service.payments.unrefunded_payments.return_value = {}
+    service.reconcile_payments()
+    service.store.due_payment_checks.assert_called_once_with(NOW, NOW - timedelta(seconds=5), 3)
+    service.payments.unrefunded_payments.assert_called_once_with(["order-1"])
+    service.store.apply_payment.assert_not_called()

@@ -482,7 +482,6 @@ def test_a_cancellation_without_the_payment_id_finds_the_completed_payment(servi
 @pytest.mark.parametrize(
     ("event", "found"),
     [
-        (cancelled(was_paid=False), payment()),
         (cancelled(), payment(status="refunded")),
         (cancelled(), payment(status="failed")),
         (cancelled(), payment(order_id="order-2")),
@@ -496,6 +495,45 @@ def test_nothing_to_refund_changes_nothing(service, store, network, event, found
     service.on_order_cancelled(event)
     assert network.refunds == []
     store.mark_refunded.assert_not_called()
+
+
+def test_a_pending_order_cancelled_before_its_payment_event_arrived_is_refunded(
+    service, store, network
+):
+    # The payment completed, its payment_succeeded was not applied yet (or was lost), and
+    # the customer cancelled the still-pending order: its money goes back, once.
+    store.completed_for_order.return_value = payment()
+    service.on_order_cancelled(cancelled(was_paid=False, payment_id=None))
+    store.completed_for_order.assert_called_once_with("order-1")
+    assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
+    store.mark_refunded.assert_called_once()
+
+
+def test_an_expired_order_with_a_completed_payment_is_refunded(service, store, network):
+    store.completed_for_order.return_value = payment()
+    event = cancelled()
+    event["data"] = {"orderId": "order-1", "userId": "user-1"}
+    service.on_order_expired(event)
+    store.completed_for_order.assert_called_once_with("order-1")
+    assert network.refunds == [("sim_ch_1", 5998, "refund-pay-1")]
+    (_, _, event_id), _ = store.mark_refunded.call_args
+    assert event_id == "event-1"
+
+
+def test_an_expired_order_without_a_payment_refunds_nothing(service, store, network):
+    store.completed_for_order.return_value = None
+    event = cancelled()
+    event["data"] = {"orderId": "order-1", "userId": "user-1"}
+    service.on_order_expired(event)
+    assert network.refunds == []
+    store.request_refund.assert_not_called()
+
+
+def test_order_paid_stops_the_payment_waiting_for_reconciliation(service, store):
+    event = cancelled()
+    event["data"] = {"orderId": "order-1", "userId": "user-1", "paymentId": "pay-1"}
+    service.on_order_paid(event)
+    store.order_confirmed.assert_called_once_with("pay-1")
 
 
 def test_a_rejected_payment_is_refunded(service, store, network):
@@ -708,3 +746,40 @@ def test_charge_results_become_payments_with_the_attempts_creation_time(service,
     assert recorded.created_at == attempt.created_at
     assert recorded.provider_reference == "sim_ch_9"
     assert answer["createdAt"] <= answer["updatedAt"]
+
+
+# -- reconciliation with orders (the decisions: tests/unit/test_reconciliation.py) -------
+
+
+def test_the_reconciliation_timer_reads_its_settings_and_asks_orders(store, network):
+    service = make_service(
+        store, network, PAYMENTS_RECONCILE_GRACE_SECONDS=5, PAYMENTS_RECONCILE_BATCH=7
+    )
+    store.now.side_effect = None
+    store.now.return_value = NOW
+    store.awaiting_order.return_value = [(payment(), NOW - timedelta(seconds=9))]
+    store.claim_order_check.return_value = True
+    service.orders.settle_payment.return_value = {"outcome": "paid_now", "status": "paid"}
+    service.reconcile_orders()
+    store.awaiting_order.assert_called_once_with(NOW - timedelta(seconds=5), 7)
+    service.orders.settle_payment.assert_called_once_with("order-1", "pay-1")
+    store.order_confirmed.assert_called_once_with("pay-1")
+
+
+@pytest.mark.parametrize("failure", [UnknownService("orders"), RpcTimeout()])
+def test_the_reconciliation_timer_decides_nothing_while_orders_is_away(service, store, failure):
+    store.awaiting_order.return_value = [(payment(), NOW)]
+    store.claim_order_check.return_value = True
+    service.orders.settle_payment.side_effect = failure
+    service.reconcile_orders()  # no error: the payment is checked again later
+    store.order_confirmed.assert_not_called()
+    store.request_refund.assert_not_called()
+
+
+def test_unrefunded_payments_answers_for_a_bounded_list_of_order_ids(service, store):
+    store.unrefunded_for_orders.return_value = {"order-1": "pay-1"}
+    assert service.unrefunded_payments(["order-1", 7, "order-2"]) == {"order-1": "pay-1"}
+    store.unrefunded_for_orders.assert_called_once_with(["order-1", "order-2"])
+    for bad in ("order-1", None, ["o"] * 501):
+        with pytest.raises(ValidationFailed):
+            service.unrefunded_payments(bad)
