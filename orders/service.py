@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.timer import timer
-from nameko_redis_transport.nameko.rpc import rpc
 
 from common import dead_letters, ops_http
 from common.auth import Auth, Caller
@@ -24,6 +23,7 @@ from common.event_handlers import event_handler
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
+from common.rpc import rpc
 from common.schemas import PageQuerySchema, load, load_query, page_body
 from common.settings import Setting, Settings, SettingsProvider, positive_number
 from orders.domain import (

@@ -17,7 +17,7 @@ from typing import Any
 from marshmallow import ValidationError
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.timer import timer
-from nameko_redis_transport.nameko.rpc import RpcProxy, rpc
+from nameko_redis_transport.nameko.rpc import RpcProxy
 
 from common import dead_letters, ops_http
 from common.auth import Auth
@@ -34,6 +34,7 @@ from common.event_handlers import event_handler
 from common.events import Outbox
 from common.health import health_report
 from common.logs import RequestContext
+from common.rpc import rpc
 from common.schemas import load_query, page_body
 from common.settings import Setting, Settings, SettingsProvider, positive_number, text
 from common.timers import configured_timer
