@@ -13,8 +13,15 @@ import socket
 from kombu.exceptions import OperationalError
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 
-from common.errors import InternalError, ServiceUnavailable, ShopError, UpstreamTimeout
+from common.errors import (
+    InternalError,
+    ServiceUnavailable,
+    ShopError,
+    UpstreamTimeout,
+    outage_error,
+)
 from gateway.breaker import BreakerOpen
+from gateway.bulkhead import BulkheadFull
 
 #: Seconds a client is told to wait when a service is not running at all.
 UNKNOWN_SERVICE_RETRY_AFTER = 5
@@ -31,7 +38,7 @@ def to_shop_error(exc: BaseException, request_id: str) -> ShopError:
     """The contract error a client sees for ``exc``."""
     if isinstance(exc, ShopError):
         return exc
-    if isinstance(exc, BreakerOpen):
+    if isinstance(exc, (BreakerOpen, BulkheadFull)):
         return ServiceUnavailable(str(exc), retry_after=exc.retry_after)
     if isinstance(exc, RpcTimeout) or (
         isinstance(exc, RemoteError) and exc.exc_type == "RpcTimeout"
@@ -45,4 +52,7 @@ def to_shop_error(exc: BaseException, request_id: str) -> ShopError:
         )
     if isinstance(exc, (OperationalError, socket.error)):
         return ServiceUnavailable("The message broker is unreachable.", retry_after=5)
+    outage = outage_error(exc)  # the gateway's own Redis: rate limits, revocations
+    if outage is not None:
+        return outage
     return InternalError("Internal error.", {"requestId": request_id})
