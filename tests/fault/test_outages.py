@@ -136,15 +136,18 @@ def route_classes(shop: GatewayStack, email: str, token: str, order: dict) -> di
     }
 
 
-def test_a_frozen_database_is_503_with_retry_after_on_every_route_then_service_resumes(shop):
+@pytest.mark.parametrize("fault", ["frozen", "killed"])
+def test_an_unreachable_database_is_503_with_retry_after_on_every_route_then_service_resumes(
+    shop, fault
+):
+    """``frozen``: SIGSTOP, then SIGCONT. ``killed``: SIGKILL, then a restart on the same
+    port and data, so every pooled connection is dead when it is back."""
     email, token = shop.customer()
     order = shop.order(token)
     routes = route_classes(shop, email, token, order)
-    mongo_pid = shop.mongo.pid
+    during = {}
 
-    os.kill(mongo_pid, signal.SIGSTOP)
-    try:
-        during = {}
+    def probe_every_route() -> None:
         for name, (method, path, body, bearer) in routes.items():
             status, headers, payload, seconds = shop.http(method, path, body, bearer)
             during[name] = (status, payload and payload.get("error"), seconds)
@@ -154,8 +157,16 @@ def test_a_frozen_database_is_503_with_retry_after_on_every_route_then_service_r
         # Still 503 on a second round: no request hangs into the gateway's 504 either.
         for name, (method, path, body, bearer) in routes.items():
             assert shop.http(method, path, body, bearer)[0] == 503, name
-    finally:
-        os.kill(mongo_pid, signal.SIGCONT)
+
+    if fault == "frozen":
+        mongo_pid = shop.mongo.pid
+        os.kill(mongo_pid, signal.SIGSTOP)
+        try:
+            probe_every_route()
+        finally:
+            os.kill(mongo_pid, signal.SIGCONT)
+    else:
+        shop.mongo.restart(kill=True, while_down=probe_every_route)
     thawed = time.monotonic()
 
     # Service resumes at once: each kind of route answers again.
@@ -188,20 +199,20 @@ def test_a_frozen_database_is_503_with_retry_after_on_every_route_then_service_r
     assert status == 201, registered
     first_answer["register"] = time.monotonic() - thawed
 
-    # A write the frozen server had already received is applied when it thaws, though
-    # its client was told 503: what docs/reliability.md warns about, measured here.
+    # A write a frozen server had already received would be applied when it thaws,
+    # though its client was told 503 (docs/reliability.md warns about it): counted here.
     frozen_email = routes["register"][2]["email"]
     registered_late = shop.db("users").users.count_documents({"email": frozen_email})
     orders_total = shop.http("GET", "/api/orders", token=token)[2]["total"]
     orders_late = orders_total - 2  # one before the freeze, one after it
 
-    print("\nmongo frozen: status, error, seconds per route:")
+    print(f"\nmongo {fault}: status, error, seconds per route:")
     for name, (status, error, seconds) in during.items():
         print(f"  {name}: {status} {error} in {seconds:.2f} s")
-    print("mongo thawed: seconds until each route answered again (cumulative):")
+    print(f"mongo back ({fault}): seconds until each route answered again (cumulative):")
     for name, seconds in first_answer.items():
         print(f"  {name}: {seconds:.2f} s")
-    print(f"writes answered 503 but applied on thawing: register {registered_late} "
+    print(f"writes answered 503 but applied later: register {registered_late} "
           f"(one email, tried twice), order create {orders_late} of 2")  # fmt: skip
     assert first_answer["public read (GET /api/products)"] < RECOVERY_BOUND
     assert max(first_answer.values()) < RECOVERY_BOUND + 5  # the writes themselves take time
@@ -262,3 +273,30 @@ def test_a_frozen_service_holds_only_its_share_and_the_others_answer(shop):
     assert still_waiting >= 1
     assert statuses.count(503) >= 1  # the bulkhead refused what did not fit
     assert dark < RECOVERY_BOUND
+
+
+def test_an_unreachable_broker_is_503_with_retry_after_then_service_resumes(shop):
+    """The valkey is the broker and the Redis of revocations and limits: killed, every
+    kind of route is a 503 (the gateway cannot publish the RPC, or check the token)."""
+    email, token = shop.customer()
+    order = shop.order(token)
+    routes = route_classes(shop, email, token, order)
+    during = {}
+
+    def probe_every_route() -> None:
+        for name, (method, path, body, bearer) in routes.items():
+            status, headers, payload, seconds = shop.http(method, path, body, bearer)
+            during[name] = (status, payload and payload.get("error"), seconds)
+            assert (status, payload["error"]) == (503, "SERVICE_UNAVAILABLE"), (name, payload)
+            assert int(headers["Retry-After"]) >= 1, name
+
+    shop.redis.restart(kill=True, while_down=probe_every_route)
+    back = time.monotonic()
+    for path, bearer in (("/api/products", None), ("/api/users/me", token)):
+        wait_for(lambda p=path, t=bearer: shop.http("GET", p, token=t)[0] == 200, timeout=90)
+    answered_again = time.monotonic() - back
+
+    print("\nbroker down: status, error, seconds per route:")
+    for name, (status, error, seconds) in during.items():
+        print(f"  {name}: {status} {error} in {seconds:.2f} s")
+    print(f"broker back: reads answered again after {answered_again:.2f} s")
