@@ -2,14 +2,15 @@
 
 The shop as four ``nameko run`` processes (users, orders, payments and the gateway) on
 their own embedded valkey and Mongo-wire server, ``RPC_TIMEOUT`` at its default 5 s and
-every other setting as shipped. Two faults:
+every other setting as shipped. The faults:
 
-- the Mongo-wire server frozen (SIGSTOP): every kind of route answers 503
-  ``SERVICE_UNAVAILABLE`` with ``Retry-After`` (the services' database operations give up
-  after ``MONGO_OPERATION_TIMEOUT_MS``, well before the gateway's 504), never a 500; once
-  it is thawed (SIGCONT), every route answers again at once;
+- the Mongo-wire server frozen (SIGSTOP), or killed and restarted: every kind of route
+  answers 503 ``SERVICE_UNAVAILABLE`` with ``Retry-After`` (the services' database
+  operations give up after ``MONGO_OPERATION_TIMEOUT_MS``, well before the gateway's
+  504), never a 500; once it is back, every route answers again at once;
 - the orders process frozen: the gateway's bulkhead keeps orders' calls to their share of
-  its workers, so users' and payments' routes are answered while orders' hang.
+  its workers, so users' and payments' routes are answered while orders' hang;
+- the broker (also the Redis of revocations and limits) killed and restarted: 503 too.
 
 The figures measured (seconds) are printed; ``docs/reliability.md`` quotes them, with
 ``pytest tests/fault/test_outages.py -m fault -s`` as the command.
