@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.extensions import DependencyProvider, SharedExtension
-from nameko_redis_transport.nameko.rpc import rpc
 from prometheus_client.core import GaugeMetricFamily
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
@@ -30,6 +29,7 @@ from pymongo.errors import PyMongoError
 
 from common.clock import utc_now
 from common.mongo import DATABASE_NAME_TEMPLATE, MongoSettings
+from common.rpc import rpc
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from nameko.exceptions import deserialize_to_instance
+from pymongo.errors import ConnectionFailure as MongoUnreachable
+from pymongo.errors import PyMongoError
+from redis.exceptions import ConnectionError as RedisUnreachable
+from redis.exceptions import ReadOnlyError as RedisReadOnly
+from redis.exceptions import TimeoutError as RedisTimeout
 
 #: code -> class, for every concrete error (the gateway's and the OpenAPI's error table).
 ERRORS_BY_CODE: dict[str, type[ShopError]] = {}
@@ -239,6 +245,44 @@ class UpstreamTimeout(ShopError):
     code = "UPSTREAM_TIMEOUT"
     http_status = 504
     default_message = "A service did not answer in time."
+
+
+#: Errors that mean a server the shop needs (MongoDB, the broker, Redis) cannot be reached
+#: or did not answer in time: pymongo's ``AutoReconnect``, ``NetworkTimeout`` and
+#: ``ServerSelectionTimeoutError`` are ``ConnectionFailure``s; kombu raises
+#: ``OperationalError`` once its publish retries are spent; the builtin ``ConnectionError``
+#: and ``TimeoutError`` are what sockets raise. A pymongo error with ``timeout`` set
+#: (``ExecutionTimeout``: the operation outlived ``MONGO_OPERATION_TIMEOUT_MS``) counts too.
+#: A Redis that answers ``READONLY`` is a former primary back as a replica after a
+#: Sentinel failover: no writable primary right now.
+OUTAGES: tuple[type[BaseException], ...] = (
+    MongoUnreachable,
+    BrokerUnreachable,
+    RedisUnreachable,
+    RedisTimeout,
+    RedisReadOnly,
+    ConnectionError,
+    TimeoutError,
+)
+#: Seconds a client is told to wait after an outage answer: outages of seconds are the
+#: common case (a restart, an election), and a retry costs the shop one quick 503.
+OUTAGE_RETRY_AFTER = 2
+
+
+def outage_error(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 a client sees when ``exc`` says a server cannot be reached; None otherwise.
+
+    The one mapping from outages to the contract: the services' ``rpc`` entrypoint
+    (:mod:`common.rpc`) replies with it, and the gateway uses it for its own Redis and
+    broker. The message names no host: pymongo's and redis' texts do, and they stay in
+    the logs.
+    """
+    if isinstance(exc, OUTAGES) or (isinstance(exc, PyMongoError) and exc.timeout):
+        return ServiceUnavailable(
+            "A server the shop depends on cannot be reached; try again shortly.",
+            retry_after=OUTAGE_RETRY_AFTER,
+        )
+    return None
 
 
 def flatten_messages(messages: Any, prefix: str = "") -> dict[str, list[str]]:

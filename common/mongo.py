@@ -15,9 +15,13 @@ client, and ``get_dependency()`` hands each worker the service's
 Settings (:class:`MongoSettings`): ``MONGO_URI``; ``MONGO_DATABASES``, a mapping
 from the key given to ``Mongo(key)`` to a database name (``shop_<key>`` when
 absent); ``MONGO_CONNECT_TIMEOUT_MS`` (default 3000), which bounds the start-up
-check and, as pymongo's server selection timeout, every later operation while
-MongoDB is unreachable, so a call fails inside the RPC timeout instead of
-hanging.
+check and each connection attempt; ``MONGO_OPERATION_TIMEOUT_MS`` (default 2000),
+pymongo's ``timeoutMS``: every operation of a worker, its retries and server
+selection included, gives up after it. A MongoDB that is down or frozen then fails
+a call with a pymongo timeout well inside ``RPC_TIMEOUT``, which the services' ``rpc``
+answers as 503 (:mod:`common.rpc`), instead of hanging until the caller's 504.
+Indexes are ensured at start without it: building one on a large collection may
+take longer than any query should.
 
 Each service wires its database one way: ``<service>/store.py`` holds a
 :class:`MongoStore` subclass (the service's queries) and a ``Mongo`` subclass
@@ -45,6 +49,9 @@ from common.uris import redact_uri
 
 DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017"
 DEFAULT_CONNECT_TIMEOUT_MS = 3000
+#: Well below the default ``RPC_TIMEOUT`` (5 s): a worker meeting an outage has time to
+#: answer 503 before its caller gives up.
+DEFAULT_OPERATION_TIMEOUT_MS = 2000
 #: Database name for a key missing from ``MONGO_DATABASES``.
 DATABASE_NAME_TEMPLATE = "shop_{}"
 #: Seconds ``ping`` waits for an answer.
@@ -72,7 +79,14 @@ class MongoSettings(Settings):
         "MONGO_CONNECT_TIMEOUT_MS",
         positive_int,
         DEFAULT_CONNECT_TIMEOUT_MS,
-        "Start fails, and a query gives up, after this many ms without an answer.",
+        "Start fails, and a connection attempt gives up, after this many ms without an answer.",
+    )
+    operation_timeout_ms = Setting(
+        "MONGO_OPERATION_TIMEOUT_MS",
+        positive_int,
+        DEFAULT_OPERATION_TIMEOUT_MS,
+        "A database operation (retries included) gives up after this many ms, and the RPC "
+        "answers 503; keep it well below RPC_TIMEOUT.",
     )
 
 
@@ -177,6 +191,7 @@ class Mongo(DependencyProvider):
         self.uri = DEFAULT_MONGO_URI
         self.database_name = DATABASE_NAME_TEMPLATE.format(key)
         self.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS
+        self.operation_timeout_ms = DEFAULT_OPERATION_TIMEOUT_MS
         self.client: MongoClient | None = None
         self.database: Database | None = None
 
@@ -188,18 +203,27 @@ class Mongo(DependencyProvider):
             self.key
         )
         self.connect_timeout_ms = settings.connect_timeout_ms
+        self.operation_timeout_ms = settings.operation_timeout_ms
 
     def start(self) -> None:
-        """Connect, failing fast when MongoDB does not answer, then ensure the indexes."""
+        """Connect, failing fast when MongoDB does not answer, and ensure the indexes.
+
+        The indexes are built on a client of their own, without the operation timeout;
+        the workers' client has it.
+        """
         options = {"appname": self.container.service_name, **self.client_options}
-        client = connect(self.uri, self.connect_timeout_ms, **options)
-        database = client[self.database_name]
-        try:
-            ensure_indexes(database, self.indexes)
-        except BaseException:
-            client.close()
-            raise
-        self.client, self.database = client, database
+        if self.indexes:
+            builder = connect(self.uri, self.connect_timeout_ms, **options)
+            try:
+                ensure_indexes(builder[self.database_name], self.indexes)
+            finally:
+                builder.close()
+        client = connect(
+            self.uri,
+            self.connect_timeout_ms,
+            **{"timeoutMS": self.operation_timeout_ms, **options},
+        )
+        self.client, self.database = client, client[self.database_name]
 
     def stop(self) -> None:
         """Close the client once the container's workers have finished."""

@@ -17,14 +17,14 @@ from typing import Any
 import redis
 from nameko_redis_transport.urls import DEFAULT_MASTER_NAME, redis_client
 
-from common.errors import ServiceUnavailable
+from common.errors import RedisReadOnly, RedisTimeout, RedisUnreachable, ServiceUnavailable
 from common.settings import Setting, Settings, text
 
 #: Errors that mean "Redis is unreachable or has no writable primary right now":
 #: a failover in progress, a crashed server. Callers answer 503, not 500.
 #: (A sentinel that names no primary raises ``MasterNotFoundError``, a ConnectionError;
 #: a former primary that came back as a replica answers writes with ``READONLY``.)
-REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError)
+REDIS_UNAVAILABLE = (RedisUnreachable, RedisTimeout, RedisReadOnly)
 #: Seconds a client is told to wait: a Sentinel failover as shipped takes 2 to 5 s.
 REDIS_RETRY_AFTER = 5
 

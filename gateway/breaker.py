@@ -37,7 +37,7 @@ class CircuitBreaker:
         self,
         name: str,
         failure_threshold: int = 5,
-        reset_timeout: float = 10.0,
+        reset_timeout: float = 1.0,
         counts_as_failure: Callable[[BaseException], bool] = lambda exc: True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -8,8 +8,9 @@
 2. the rate limit per client IP (and per account for logins), shared through Redis;
 3. authentication (401) and role (403) for non-public routes; the verified token is
    forwarded in context data and each service verifies it again;
-4. the body (413, 400), then the RPC call through the target service's circuit breaker
-   (503 while open) and timeout (504);
+4. the body (413, 400), then the RPC call through the target service's bulkhead (503
+   when its share of the workers is taken), circuit breaker (503 while open) and
+   timeout (504);
 5. every error through one table (:mod:`gateway.errors`), one JSON log line per request.
 """
 
@@ -30,6 +31,7 @@ from common.errors import InternalError, ShopError
 from common.logs import REQUEST_ID_CONTEXT_KEY, bind_request, new_request_id
 from common.settings import Setting, Settings, positive_int, positive_number, whole_number
 from gateway.breaker import CircuitBreaker
+from gateway.bulkhead import Bulkhead, calls_per_service
 from gateway.errors import is_upstream_failure, to_shop_error
 from gateway.http import (
     DEFAULT_MAX_BODY_BYTES,
@@ -47,6 +49,14 @@ from gateway.routes import ADMIN, LOGIN, PUBLIC, Route
 log = logging.getLogger("gateway.requests")
 
 DOWNSTREAM_SERVICES = ("users", "orders", "payments")
+
+
+def share(value: Any) -> float:
+    """A share of a whole: above 0, at most 1."""
+    number = positive_number(value)
+    if number > 1:
+        raise ValueError("must be a share: above 0 and at most 1")
+    return number
 
 
 class GatewaySettings(Settings):
@@ -71,7 +81,17 @@ class GatewaySettings(Settings):
         "BREAKER_FAILURES", positive_int, 5, "Upstream failures in a row that open a breaker."
     )
     breaker_reset_seconds = Setting(
-        "BREAKER_RESET_SECONDS", positive_number, 10.0, "Seconds a breaker stays open."
+        "BREAKER_RESET_SECONDS",
+        positive_number,
+        1.0,
+        "Seconds a breaker stays open before one trial call goes through.",
+    )
+    bulkhead_share = Setting(
+        "BULKHEAD_SHARE",
+        share,
+        0.5,
+        "Share of the gateway's workers (max_workers) calls to one service may hold at "
+        "once; more are refused with 503.",
     )
 
 
@@ -84,20 +104,29 @@ class Call:
     query: Mapping[str, str]
     request: Request
     breakers: Mapping[str, CircuitBreaker] = field(repr=False)
+    bulkheads: Mapping[str, Bulkhead] = field(repr=False)
 
     def rpc(self, proxy: Any) -> _GuardedProxy:
-        """``call.rpc(self.orders).get_order(id)``: the call goes through the breaker."""
-        return _GuardedProxy(proxy, self.breakers[proxy.service_name])
+        """``call.rpc(self.orders).get_order(id)``: the call goes through the service's
+        bulkhead, then its breaker."""
+        name = proxy.service_name
+        return _GuardedProxy(proxy, self.breakers[name], self.bulkheads[name])
 
 
 class _GuardedProxy:
-    def __init__(self, proxy: Any, breaker: CircuitBreaker) -> None:
+    def __init__(self, proxy: Any, breaker: CircuitBreaker, bulkhead: Bulkhead) -> None:
         self._proxy = proxy
         self._breaker = breaker
+        self._bulkhead = bulkhead
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
+        # The bulkhead outside the breaker: a refusal for room is no verdict on the
+        # service's health, and a breaker that is open answers without taking room.
         remote = getattr(self._proxy, method)
-        return lambda *args, **kwargs: self._breaker.call(lambda: remote(*args, **kwargs))
+        breaker, bulkhead = self._breaker, self._bulkhead
+        return lambda *args, **kwargs: bulkhead.call(
+            lambda: breaker.call(lambda: remote(*args, **kwargs))
+        )
 
 
 class EdgeRequest:
@@ -122,7 +151,9 @@ class EdgeRequest:
             if route is LOGIN and isinstance(body.get("email"), str):
                 account = body["email"].strip().lower()
                 self.edge.limiter.hit("login", account, settings.login_limit)
-            call = Call(body, caller, request.args, request, self.edge.breakers)
+            call = Call(
+                body, caller, request.args, request, self.edge.breakers, self.edge.bulkheads
+            )
             response = json_response(action(call), route.status)
         except Exception as exc:
             error = to_shop_error(exc, request_id)
@@ -146,7 +177,8 @@ class EdgeRequest:
 
 
 class Edge(DependencyProvider):
-    """Shared per gateway container: token checks, rate limits, breakers, request logs.
+    """Shared per gateway container: token checks, rate limits, breakers, bulkheads,
+    request logs.
 
     Settings: :class:`GatewaySettings`, and :class:`common.auth.AuthSettings` for the
     token checks and the Redis the limits are counted in.
@@ -165,6 +197,8 @@ class Edge(DependencyProvider):
             )
             for name in DOWNSTREAM_SERVICES
         }
+        room = calls_per_service(self.container.max_workers, self.settings.bulkhead_share)
+        self.bulkheads = {name: Bulkhead(name, room) for name in DOWNSTREAM_SERVICES}
         self.metrics = GatewayMetrics(self.breakers, self.container.config["AMQP_URI"])
 
     def start(self) -> None:

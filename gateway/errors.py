@@ -13,9 +13,16 @@ import socket
 from kombu.exceptions import OperationalError
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 
-from common.errors import InternalError, ServiceUnavailable, ShopError, UpstreamTimeout
-from common.redis_clients import REDIS_RETRY_AFTER, REDIS_UNAVAILABLE
+from common.errors import (
+    OUTAGE_RETRY_AFTER,
+    InternalError,
+    ServiceUnavailable,
+    ShopError,
+    UpstreamTimeout,
+    outage_error,
+)
 from gateway.breaker import BreakerOpen
+from gateway.bulkhead import BulkheadFull
 
 #: Seconds a client is told to wait when a service is not running at all.
 UNKNOWN_SERVICE_RETRY_AFTER = 5
@@ -35,7 +42,7 @@ def to_shop_error(exc: BaseException, request_id: str) -> ShopError:
     """The contract error a client sees for ``exc``."""
     if isinstance(exc, ShopError):
         return exc
-    if isinstance(exc, BreakerOpen):
+    if isinstance(exc, (BreakerOpen, BulkheadFull)):
         return ServiceUnavailable(str(exc), retry_after=exc.retry_after)
     if isinstance(exc, RpcTimeout) or (
         isinstance(exc, RemoteError) and exc.exc_type == "RpcTimeout"
@@ -49,10 +56,12 @@ def to_shop_error(exc: BaseException, request_id: str) -> ShopError:
         )
     if isinstance(exc, (OperationalError, socket.error)):
         return ServiceUnavailable("The message broker is unreachable.", retry_after=5)
-    if isinstance(exc, REDIS_UNAVAILABLE) or (
-        isinstance(exc, RemoteError) and exc.exc_type in REMOTE_BROKER_FAILURES
-    ):
+    outage = outage_error(exc)  # the gateway's own Redis: rate limits, revocations
+    if outage is not None:
+        return outage
+    if isinstance(exc, RemoteError) and exc.exc_type in REMOTE_BROKER_FAILURES:
+        # a service lost its broker or Redis outside its rpc entrypoint's own mapping
         return ServiceUnavailable(
-            "The message broker or Redis is unreachable.", retry_after=REDIS_RETRY_AFTER
+            "The message broker or Redis is unreachable.", retry_after=OUTAGE_RETRY_AFTER
         )
     return InternalError("Internal error.", {"requestId": request_id})

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nameko.timer import timer
-from nameko_redis_transport.nameko.rpc import RpcProxy, rpc
+from nameko_redis_transport.nameko.rpc import RpcProxy
 
 from common import dead_letters, ops_http
 from common.auth import Auth, Caller
@@ -25,6 +25,7 @@ from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
 from common.reconciliation import Repairs
+from common.rpc import rpc
 from common.schemas import PageQuerySchema, load, load_query, page_body
 from common.settings import Setting, Settings, SettingsProvider, positive_int, positive_number
 from common.timers import configured_timer

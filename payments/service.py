@@ -18,7 +18,7 @@ from typing import Any
 from marshmallow import ValidationError
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.timer import timer
-from nameko_redis_transport.nameko.rpc import RpcProxy, rpc
+from nameko_redis_transport.nameko.rpc import RpcProxy
 
 from common import dead_letters, ops_http
 from common.auth import Auth
@@ -36,6 +36,7 @@ from common.events import Outbox
 from common.health import health_report
 from common.logs import RequestContext
 from common.reconciliation import MAX_BATCH, Repairs
+from common.rpc import rpc
 from common.schemas import load_query, page_body
 from common.settings import (
     Setting,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from nameko.timer import timer
-from nameko_redis_transport.nameko.rpc import rpc
 
 from common import ops_http
 from common.clock import utc_now
@@ -25,6 +24,7 @@ from common.errors import (
 from common.events import Outbox, new_event
 from common.health import health_report
 from common.logs import RequestContext
+from common.rpc import rpc
 from common.schemas import load
 from common.tokens import REFRESH_TOKEN, REFRESH_TOKEN_TTL, TokenPair
 from users.dependencies import Passwords, UsersAuth

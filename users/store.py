@@ -23,6 +23,7 @@ from common.errors import EmailTaken
 from common.events import OUTBOX_FIELD
 from common.mongo import Mongo, MongoStore
 from users.admin import AdminSettings, ensure_admin
+from users.dependencies import ThreadedPasswordHasher
 from users.domain import PasswordHasher, User
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,10 @@ class UsersDatabase(Mongo):
         super().start()
         store = UsersStore(self.database)
         try:
-            ensure_admin(
-                store, self.admin.email, self.admin.password, PasswordHasher(), store.now()
-            )
+            # Hashed in the thread pool: argon2 on the event loop would stall the other
+            # containers of the process long enough to time out their database calls.
+            hasher = ThreadedPasswordHasher(PasswordHasher())
+            ensure_admin(store, self.admin.email, self.admin.password, hasher, store.now())
         except BaseException:
             self._close()
             raise

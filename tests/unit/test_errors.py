@@ -1,10 +1,13 @@
 import pickle
 
 import pytest
+from kombu import exceptions as kombu_exceptions
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from nameko.exceptions import RemoteError, deserialize, serialize
+from pymongo import errors as pymongo_errors
+from redis import exceptions as redis_exceptions
 
 from common import errors
 from common.errors import (
@@ -225,3 +228,47 @@ def test_validation_failed_from_marshmallow_messages():
     assert ValidationFailed.for_field("currentPassword", "Wrong.").details == {
         "currentPassword": ["Wrong."]
     }
+
+
+# -- outages: one mapping to SERVICE_UNAVAILABLE ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pymongo_errors.AutoReconnect("db:27017: connection closed"),
+        pymongo_errors.NetworkTimeout("db:27017: timed out"),
+        pymongo_errors.ServerSelectionTimeoutError("db:27017: timed out"),
+        pymongo_errors.ConnectionFailure("refused"),
+        pymongo_errors.ExecutionTimeout("operation exceeded time limit", 50),
+        kombu_exceptions.OperationalError("Error 111 connecting to broker:6379"),
+        redis_exceptions.ConnectionError("Error 111 connecting to redis:6379"),
+        redis_exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis_exceptions.TimeoutError("Timeout reading from socket"),
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError("timed out"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_an_unreachable_server_is_a_503_with_retry_after_naming_no_host(exc):
+    error = errors.outage_error(exc)
+    assert isinstance(error, ServiceUnavailable)
+    assert error.http_status == 503 and error.retry_after == errors.OUTAGE_RETRY_AFTER
+    assert ":27017" not in error.message and ":6379" not in error.message
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pymongo_errors.DuplicateKeyError("E11000 duplicate key", 11000),
+        pymongo_errors.OperationFailure("bad query", 2),
+        redis_exceptions.ResponseError("WRONGTYPE"),
+        KeyError("id"),
+        ValueError("nope"),
+        FileNotFoundError("config.yml"),
+        NotFound(),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_other_errors_are_not_outages(exc):
+    assert errors.outage_error(exc) is None

@@ -13,6 +13,7 @@ from common import mongo
 from common.mongo import (
     DEFAULT_CONNECT_TIMEOUT_MS,
     DEFAULT_MONGO_URI,
+    DEFAULT_OPERATION_TIMEOUT_MS,
     Mongo,
     MongoConnectionError,
     MongoIndexError,
@@ -59,12 +60,14 @@ class TestSetup:
                 "MONGO_URI": "mongodb://db:27017",
                 "MONGO_DATABASES": {"orders": "orders_db", "users": "users_db"},
                 "MONGO_CONNECT_TIMEOUT_MS": "750",
+                "MONGO_OPERATION_TIMEOUT_MS": "1500",
             },
         )
         provider.setup()
         assert provider.uri == "mongodb://db:27017"
         assert provider.database_name == "orders_db"
         assert provider.connect_timeout_ms == 750
+        assert provider.operation_timeout_ms == 1500
 
     @pytest.mark.parametrize(
         "config",
@@ -81,6 +84,7 @@ class TestSetup:
         provider.setup()
         assert provider.uri == DEFAULT_MONGO_URI
         assert provider.connect_timeout_ms == DEFAULT_CONNECT_TIMEOUT_MS
+        assert provider.operation_timeout_ms == DEFAULT_OPERATION_TIMEOUT_MS
 
     def test_setup_does_not_connect(self, bind, fake_client_cls):
         bind(Mongo("users")).setup()
@@ -91,7 +95,11 @@ class TestLifecycle:
     def test_start_connects_with_timeouts_appname_and_client_options(self, bind, fake_client_cls):
         provider = bind(
             Mongo("users", tz_aware=True),
-            {"MONGO_URI": "mongodb://db", "MONGO_CONNECT_TIMEOUT_MS": 1200},
+            {
+                "MONGO_URI": "mongodb://db",
+                "MONGO_CONNECT_TIMEOUT_MS": 1200,
+                "MONGO_OPERATION_TIMEOUT_MS": 900,
+            },
         )
         provider.setup()
         provider.start()
@@ -99,22 +107,35 @@ class TestLifecycle:
             "mongodb://db",
             serverSelectionTimeoutMS=1200,
             connectTimeoutMS=1200,
+            timeoutMS=900,
             appname="users",
             tz_aware=True,
         )
         provider.client.admin.command.assert_called_once_with("ping")
 
-    def test_start_ensures_declared_indexes_per_collection(self, bind, fake_client_cls):
+    def test_start_ensures_declared_indexes_per_collection_without_the_operation_timeout(
+        self, bind, fake_client_cls
+    ):
         sessions = [IndexModel([("user_id", 1), ("created_at", -1)])]
         provider = bind(Mongo("users", indexes={**USERS_INDEXES, "sessions": sessions}))
         provider.setup()
+        clients = []
+        fake_client_cls.side_effect = lambda *a, **kw: (
+            clients.append(mock.MagicMock()) or (clients[-1])
+        )
         provider.start()
-        database = provider.client.__getitem__.return_value
-        provider.client.__getitem__.assert_called_with("shop_users")
+        builder, workers = clients
+        assert "timeoutMS" not in fake_client_cls.call_args_list[0].kwargs
+        assert fake_client_cls.call_args_list[1].kwargs["timeoutMS"] == 2000
+        database = builder.__getitem__.return_value
+        builder.__getitem__.assert_called_with("shop_users")
         database.__getitem__.assert_any_call("users")
         database.__getitem__.assert_any_call("sessions")
         calls = database.__getitem__.return_value.create_indexes.call_args_list
         assert [c.args[0] for c in calls] == [USERS_INDEXES["users"], sessions]
+        builder.close.assert_called_once_with()
+        assert provider.client is workers
+        workers.close.assert_not_called()
 
     def test_get_dependency_is_the_services_database(self, bind, fake_client_cls):
         provider = bind(Mongo("users"))
