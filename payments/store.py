@@ -31,7 +31,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from common.documents import DocumentMapper
-from common.events import apply_once, new_event, with_events
+from common.events import OUTBOX_INDEX, apply_once, new_event, with_events
 from common.mongo import Mongo, MongoStore
 from payments.domain import (
     COMPLETED,
@@ -68,6 +68,7 @@ INDEXES: Mapping[str, list[IndexModel]] = {
             partialFilterExpression={"refundRetryAt": {"$exists": True}},
             name="refunds_to_retry",
         ),
+        OUTBOX_INDEX,
     ]
 }
 
