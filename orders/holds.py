@@ -116,7 +116,8 @@ class StockHolds:
                 self.undo(order_id, done)
                 raise
             done.append(change)
-            after_hold_moved()
+            if txn_prefix:
+                after_edit_hold_moved()
 
     def undo(
         self, order_id: str, changes: Sequence[HoldChange], txn_prefix: str | None = None
@@ -377,8 +378,8 @@ def after_stock_taken() -> None:
     _pause_if_asked("holds.after_stock_taken")
 
 
-def after_hold_moved() -> None:
-    _pause_if_asked("holds.after_hold_moved")
+def after_edit_hold_moved() -> None:
+    _pause_if_asked("holds.after_edit_hold_moved")
 
 
 def _pause_if_asked(point: str) -> None:

@@ -163,7 +163,7 @@ def test_an_item_edit_cut_short_is_rolled_back_whole_and_the_order_stays_usable(
         calls.append(1)
         raise Died
 
-    monkeypatch.setattr(holds, "after_hold_moved", die_after_first)
+    monkeypatch.setattr(holds, "after_edit_hold_moved", die_after_first)
     stored = store.get_order("o")
     with pytest.raises(Died):  # a: 2 -> 1 applied, then the process is gone
         store.save_items(stored, stored.order.replace_items(_lines(("a", 1), ("c", 3)), NOW))
