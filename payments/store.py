@@ -63,11 +63,9 @@ INDEXES: Mapping[str, list[IndexModel]] = {
         IndexModel([("userId", 1), ("createdAt", DESCENDING)], name="history"),
         IndexModel([("orderId", 1)], name="by_order"),
         IndexModel([("status", 1), ("createdAt", 1)], name="by_status_age"),
-        IndexModel(
-            [("refundRetryAt", 1)],
-            partialFilterExpression={"refundRetryAt": {"$exists": True}},
-            name="refunds_to_retry",
-        ),
+        # Sparse, not partial: the embedded Mongo-wire server serves the retry timer's
+        # query from a sparse index and scans every payment with a partial one.
+        IndexModel([("refundRetryAt", 1)], sparse=True, name="refunds_due"),
         OUTBOX_INDEX,
     ]
 }
@@ -255,4 +253,6 @@ class PaymentsDatabase(Mongo):
     store_class = PaymentsStore
 
     def __init__(self) -> None:
-        super().__init__("payments", indexes=INDEXES)
+        super().__init__(
+            "payments", indexes=INDEXES, retired_indexes={PAYMENTS: ["refunds_to_retry"]}
+        )
