@@ -135,13 +135,21 @@ def _remove(published: Published) -> None:
 
 #: Collections whose documents from before ``outboxAt`` were stamped (once per process).
 _stamped: set[tuple[str, str]] = set()
+#: Where a database records that a collection's outboxes were stamped, so that the one
+#: full scan is not repeated at every start.
+MIGRATIONS_COLLECTION = "shop_migrations"
 
 
 def stamp_legacy_outboxes(collection: Collection) -> int:
     """Give ``outboxAt`` to documents written before it existed that still hold events
-    (one scan per collection and process); how many."""
+    (one scan per collection, ever: recorded in ``shop_migrations``); how many."""
     key = (collection.database.name, collection.name)
     if key in _stamped:
+        return 0
+    done = collection.database[MIGRATIONS_COLLECTION]
+    migration = f"{OUTBOX_AT_FIELD}:{collection.name}"
+    if done.find_one({"_id": migration}) is not None:
+        _stamped.add(key)
         return 0
     stamped = 0
     for document in collection.find(
@@ -151,6 +159,7 @@ def stamp_legacy_outboxes(collection: Collection) -> int:
         oldest = min(event["occurredAt"] for event in document[OUTBOX_FIELD])
         collection.update_one({"_id": document["_id"]}, {"$min": {OUTBOX_AT_FIELD: oldest}})
         stamped += 1
+    done.update_one({"_id": migration}, {"$set": {"at": datetime.now(UTC)}}, upsert=True)
     _stamped.add(key)
     return stamped
 

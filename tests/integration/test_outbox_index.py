@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from common import events as events_module
 from common.events import (
     OUTBOX_INDEX,
     OutboxPublisher,
@@ -41,6 +42,10 @@ def test_outboxes_written_before_outbox_at_existed_are_stamped_and_relayed(mongo
     entries.insert_one({"_id": "empty", "outbox": []})
     assert stamp_legacy_outboxes(entries) == 1
     assert entries.find_one({"_id": "old"})["outboxAt"] == event["occurredAt"]
+    # Done once per collection, ever: a later start (another process) does not scan.
+    events_module._stamped.clear()
+    entries.insert_one({"_id": "older", "outbox": [new_event("a", {})]})
+    assert stamp_legacy_outboxes(entries) == 0
     published: list[str] = []
     publisher = OutboxPublisher(lambda event_type, event: published.append(event["id"]))
     assert publisher.relay(entries, older_than=timedelta(0)) == 1
