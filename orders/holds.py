@@ -99,6 +99,18 @@ class StockHolds:
             if doc.get("quantity", 0)
         }
 
+    def forget_empty(self, order_id: str) -> None:
+        """Delete the order's holds that hold nothing and have nothing under way (what a
+        refused placement leaves), so refusals leave no documents behind."""
+        self.holds.delete_many(
+            {
+                "orderId": order_id,
+                "quantity": 0,
+                GIVING_AT: {"$exists": False},
+                ABANDONED: {"$exists": False},
+            }
+        )
+
     # -- moving ---------------------------------------------------------------------------
 
     def change(

@@ -194,6 +194,7 @@ class OrdersStore(MongoStore):
                 {"$set": {"status": FAILED, SETTLE_DUE_AT: self.now()}},
             )
             if not self.stock_holds.held(order.id):
+                self.stock_holds.forget_empty(order.id)
                 self.delete_failed(order.id)
             raise
         activated = self.orders.update_one(
