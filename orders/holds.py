@@ -74,6 +74,11 @@ class HoldMoved(Exception):
     """The hold is no longer what the mover read (another move came first)."""
 
 
+def takes_first(changes: Sequence[HoldChange]) -> list[HoldChange]:
+    """The growing holds, then the shrinking ones, each in the given (product) order."""
+    return [c for c in changes if c.new > c.old] + [c for c in changes if c.new <= c.old]
+
+
 def hold_id(order_id: str, product_id: str) -> str:
     return f"{order_id}:{product_id}"
 
@@ -118,9 +123,12 @@ class StockHolds:
     ) -> None:
         """Apply every change or none: on the first that fails, undo those applied and
         raise (``InsufficientStock`` or ``HoldMoved``). With ``txn_prefix``, change i's
-        txn is ``<prefix>:<productId>``, so a sweep can abandon them by name."""
+        txn is ``<prefix>:<productId>``, so a sweep can abandon them by name.
+
+        Takes come first (:func:`takes_first`): only a take can fail for stock, and
+        undoing takes only gives back, which never fails for stock."""
         done: list[HoldChange] = []
-        for change in changes:
+        for change in takes_first(changes):
             txn = f"{txn_prefix}:{change.product_id}" if txn_prefix else new_txn()
             try:
                 self.move(order_id, change.product_id, change.old, change.new, txn=txn)

@@ -30,7 +30,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from common.documents import DocumentMapper, document_key
-from common.errors import ServiceUnavailable
+from common.errors import InsufficientStock, ServiceUnavailable
 from common.events import OUTBOX_INDEX, apply_once, with_events
 from common.mongo import Mongo, MongoStore
 from orders.domain import (
@@ -46,7 +46,7 @@ from orders.domain import (
     hold_changes,
     stock_kept,
 )
-from orders.holds import HOLDS, HoldMoved, StockHolds
+from orders.holds import HOLDS, HoldMoved, StockHolds, takes_first
 from orders.holds import INDEXES as HOLDS_INDEXES
 
 log = logging.getLogger(__name__)
@@ -229,18 +229,25 @@ class OrdersStore(MongoStore):
         """Save ``stored.order``'s new lines, moving its holds by ``changes`` (what
         ``Order.replace_items`` returned) all-or-nothing, crash included.
 
-        The edit is recorded on the order first (``editPlan``, with the version taken),
-        then the holds move, then one conditional write puts the new lines and drops the
-        plan. A process dying in between leaves the plan: the sweep rolls it back
-        (``settle_released``), so the edit is applied fully or not at all.
+        The edit is recorded on the order first (``editPlan``: the hold changes, the
+        order's new fields and the version they apply to), then the holds move (takes
+        first), then one conditional write puts the new fields and drops the plan. A
+        process dying in between leaves the plan for the sweep (``settle_released``):
+        every take done, it finishes the edit; otherwise it gives the takes back. So the
+        edit is applied fully or not at all.
         Raises ``InsufficientStock`` or ``ConcurrentChange`` (the order moved meanwhile)
         with the holds and the order as they were.
         """
         order = stored.order
         txn = uuid.uuid4().hex
+        fields = _order_document(order)
+        for key in ("_id", "userId", "createdAt"):
+            fields.pop(key)
         plan = {
             "txn": txn,
             "changes": [{"productId": c.product_id, "old": c.old, "new": c.new} for c in changes],
+            "version": stored.version,
+            "fields": fields,
         }
         planned = self.orders.update_one(
             {
@@ -264,9 +271,6 @@ class OrdersStore(MongoStore):
         except Exception:
             self.orders.update_one(in_plan, _DROP_PLAN)
             raise
-        fields = _order_document(order)
-        for key in ("_id", "userId", "createdAt"):
-            fields.pop(key)
         saved = self.orders.update_one(
             {**in_plan, "version": stored.version},
             {**_DROP_PLAN, "$set": fields, "$inc": {"version": 1}},
@@ -321,7 +325,7 @@ class OrdersStore(MongoStore):
         older_than = older_than or self.now() - RECOVERY_GRACE
         given_back = self.stock_holds.recover(older_than)
         for doc in self.orders.find({EDIT_STARTED_AT: {"$lt": older_than}}, limit=100):
-            given_back += self._roll_back_edit(doc)
+            given_back += self._resume_edit(doc)
         for doc in self.orders.find(
             {SETTLE_DUE_AT: {"$lt": older_than}}, {"status": 1, "items": 1}, limit=100
         ):
@@ -336,24 +340,47 @@ class OrdersStore(MongoStore):
             log.warning("recovered %d units of stock from unsettled holds", given_back)
         return given_back
 
-    def _roll_back_edit(self, doc: Mapping[str, Any]) -> int:
-        """Undo an item edit its process left half applied: every hold back to what the
-        order's lines (unchanged until the edit's last write) say."""
-        plan = doc[EDIT_PLAN]
+    def _resume_edit(self, doc: Mapping[str, Any]) -> int:
+        """Complete an item edit its process left half applied: forward when every take
+        is done (what is left are give-backs, which cannot fail for stock) and the order
+        is still as the edit found it; otherwise back (every move the edit made undone).
+        Each of the edit's own moves is first abandoned, so the dead process, should it
+        wake up, cannot apply one. Returns the stock given back."""
+        order_id, plan = doc["_id"], doc[EDIT_PLAN]
         txn = plan["txn"]
+        changes = [HoldChange(c["productId"], c["old"], c["new"]) for c in plan["changes"]]
+        applied = []
+        for change in changes:
+            own = f"{txn}:{change.product_id}"
+            hold = self.stock_holds.abandon(order_id, change.product_id, own)
+            if hold.get("txn") == own and not hold.get("closed"):
+                applied.append(change)
+        takes = [change for change in changes if change.new > change.old]
+        forward = all(change in applied for change in takes) and doc["version"] == plan["version"]
         given_back = 0
-        for change in plan["changes"]:
-            product_id = change["productId"]
-            hold = self.stock_holds.abandon(doc["_id"], product_id, f"{txn}:{product_id}")
-            if hold.get("txn") == f"{txn}:{product_id}" and not hold.get("closed"):
+        if forward:
+            for change in changes:
+                if change not in applied:
+                    given_back += self.stock_holds.move(
+                        order_id, change.product_id, change.old, change.new
+                    )
+            finished = self.orders.update_one(
+                {"_id": order_id, f"{EDIT_PLAN}.txn": txn, "version": plan["version"]},
+                {**_DROP_PLAN, "$set": plan["fields"], "$inc": {"version": 1}},
+            )
+            if finished.modified_count:
+                log.warning("finished the item edit %s of order %s", txn, order_id)
+                return given_back
+            applied = changes  # changed meanwhile: undo every move, ours included
+        for change in takes_first([HoldChange(c.product_id, c.new, c.old) for c in applied]):
+            try:
                 given_back += self.stock_holds.move(
-                    doc["_id"], product_id, change["new"], change["old"]
+                    order_id, change.product_id, change.old, change.new
                 )
-        self.orders.update_one(
-            {"_id": doc["_id"], f"{EDIT_PLAN}.txn": txn},
-            _DROP_PLAN,
-        )
-        log.warning("rolled back the unfinished item edit %s of order %s", txn, doc["_id"])
+            except (HoldMoved, InsufficientStock) as exc:
+                log.warning("could not undo the edit's hold on %s: %s", change.product_id, exc)
+        self.orders.update_one({"_id": order_id, f"{EDIT_PLAN}.txn": txn}, _DROP_PLAN)
+        log.warning("rolled back the unfinished item edit %s of order %s", txn, order_id)
         return given_back
 
     def migrate_legacy_holds(self) -> int:

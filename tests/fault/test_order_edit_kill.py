@@ -1,6 +1,8 @@
 """An item edit killed mid-way, on a real ``nameko run`` orders process: SIGKILL after the
-first of its hold moves, then a new process. Its stock sweep rolls the edit back whole:
-stock conserved, the order's lines and holds as before, and the order editable again."""
+first of its two takes, then a new process. Its stock sweep rolls the edit back whole
+(a take was missing): stock conserved, the order's lines and holds as before, and the
+order editable again. (With every take done it finishes the edit instead:
+tests/integration/test_stock_holds.py.)"""
 
 from __future__ import annotations
 
@@ -68,13 +70,13 @@ def test_an_item_edit_killed_between_two_hold_moves_is_rolled_back_whole(
             )
         before = db.orders.find_one({"_id": order["id"]})
 
-        # Changes, in product order: a 2 -> 1, b 1 -> 0, c 0 -> 3. The process stops for
-        # good after the first, and is killed there.
+        # Changes, takes first: a 2 -> 3, c 0 -> 3, then b 1 -> 0. The process stops for
+        # good after the first, and is killed there: one take done, one not.
         def edit():
             try:
                 with rpc(customer, RPC_TIMEOUT=5) as proxy:
                     proxy.orders.update_order(
-                        order["id"], {"items": items(("kill-a", 1), ("kill-c", 3))}
+                        order["id"], {"items": items(("kill-a", 3), ("kill-c", 3))}
                     )
             except Exception:  # noqa: BLE001 - the process dies under it
                 pass
@@ -82,7 +84,7 @@ def test_an_item_edit_killed_between_two_hold_moves_is_rolled_back_whole(
         caller = threading.Thread(target=edit, daemon=True)
         caller.start()
         wait_for(marker.exists, timeout=30)
-        assert _held(db, order["id"]) == {"kill-a": 1, "kill-b": 1}  # half applied
+        assert _held(db, order["id"]) == {"kill-a": 3, "kill-b": 1}  # half applied
         process.kill()
         caller.join(timeout=30)
 

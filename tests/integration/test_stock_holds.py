@@ -154,21 +154,22 @@ def test_a_process_dying_while_giving_back_leaves_it_to_the_sweep_once(store, mo
     assert_conserved(store)
 
 
-def test_an_item_edit_cut_short_is_rolled_back_whole_and_the_order_stays_usable(store, monkeypatch):
-    store.place_order(_order("o", ("a", 2), ("b", 1)), new_event("order_created", {}))
-    before = store.get_order("o")
-    calls = []
-
-    def die_after_first():
-        calls.append(1)
+def _die_after_first_move(monkeypatch) -> None:
+    def die():
         raise Died
 
-    monkeypatch.setattr(holds, "after_edit_hold_moved", die_after_first)
+    monkeypatch.setattr(holds, "after_edit_hold_moved", die)
+
+
+def test_an_item_edit_cut_short_before_its_last_take_is_rolled_back_whole(store, monkeypatch):
+    store.place_order(_order("o", ("a", 2), ("b", 1)), new_event("order_created", {}))
+    before = store.get_order("o")
+    _die_after_first_move(monkeypatch)
     stored = store.get_order("o")
-    with pytest.raises(Died):  # a: 2 -> 1 applied, then the process is gone
-        store.save_items(stored, stored.order.replace_items(_lines(("a", 1), ("c", 3)), NOW))
+    with pytest.raises(Died):  # takes a 2 -> 3 done, c 0 -> 3 not; the process is gone
+        store.save_items(stored, stored.order.replace_items(_lines(("a", 3), ("c", 3)), NOW))
     monkeypatch.undo()
-    assert store.stock_holds.held("o") == {"a": 1, "b": 1}
+    assert store.stock_holds.held("o") == {"a": 3, "b": 1}
 
     # Meanwhile the order cannot be changed by anyone else: the edit is under way.
     pending = store.get_order("o")
@@ -181,7 +182,8 @@ def test_an_item_edit_cut_short_is_rolled_back_whole_and_the_order_stays_usable(
     store.settle_released(later(store))
     assert store.stock_holds.held("o") == {"a": 2, "b": 1}
     after = store.get_order("o")
-    assert after.order == before.order and "editPlan" not in store.orders.find_one({"_id": "o"})
+    assert after.order == before.order and after.version == before.version
+    assert "editPlan" not in store.orders.find_one({"_id": "o"})
     assert_conserved(store)
 
     edited = store.get_order("o")
@@ -189,6 +191,28 @@ def test_an_item_edit_cut_short_is_rolled_back_whole_and_the_order_stays_usable(
     assert store.stock_holds.held("o") == {"a": 1, "c": 3}
     assert [line.product_id for line in store.get_order("o").order.items] == ["a", "c"]
     assert_conserved(store)
+
+
+def test_an_item_edit_cut_short_after_every_take_is_finished_by_the_sweep(store, monkeypatch):
+    store.place_order(_order("o", ("a", 2), ("b", 1)), new_event("order_created", {}))
+    _die_after_first_move(monkeypatch)
+    stored = store.get_order("o")
+    with pytest.raises(Died):  # the one take, c 0 -> 3, done; the give-backs not
+        store.save_items(stored, stored.order.replace_items(_lines(("a", 1), ("c", 3)), NOW))
+    monkeypatch.undo()
+    assert store.stock_holds.held("o") == {"a": 2, "b": 1, "c": 3}
+
+    store.settle_released(later(store))
+    assert store.stock_holds.held("o") == {"a": 1, "c": 3}
+    finished = store.get_order("o")
+    assert [(line.product_id, line.quantity) for line in finished.order.items] == [
+        ("a", 1),
+        ("c", 3),
+    ]
+    assert finished.version == stored.version + 1 and finished.order.total_cents == 400
+    assert stock(store) == {"a": 6, "b": 5, "c": 6}
+    assert_conserved(store)
+    assert store.settle_released(later(store)) == 0
 
 
 def test_an_edit_refused_for_stock_changes_nothing(store):
