@@ -175,7 +175,7 @@ class StockHolds:
         -> quantity sold); idempotent and safe against racing settlers. Returns the
         quantity given back now."""
         given = 0
-        for product_id in sorted(self._open_products(order_id)):
+        for product_id in sorted(self.open_products(order_id)):
             for _ in range(SETTLE_ATTEMPTS):
                 doc = self.holds.find_one({"_id": hold_id(order_id, product_id)})
                 if doc is None or doc.get("closed"):
@@ -193,7 +193,8 @@ class StockHolds:
                 )
         return given
 
-    def _open_products(self, order_id: str) -> set[str]:
+    def open_products(self, order_id: str) -> set[str]:
+        """The products on which the order has a hold not settled yet."""
         return {
             doc["productId"]
             for doc in self.holds.find(

@@ -311,9 +311,11 @@ class OrdersStore(MongoStore):
         Returns the quantity given back."""
         started = self.now()
         given_back = self.stock_holds.settle(order_id, keep)
-        self.orders.update_one(
-            {"_id": order_id, SETTLE_DUE_AT: {"$lte": started}}, {"$unset": {SETTLE_DUE_AT: ""}}
-        )
+        if not self.stock_holds.open_products(order_id):  # else the sweep tries again
+            self.orders.update_one(
+                {"_id": order_id, SETTLE_DUE_AT: {"$lte": started}},
+                {"$unset": {SETTLE_DUE_AT: ""}},
+            )
         return given_back
 
     def settle_released(self, older_than: datetime | None = None) -> int:
