@@ -312,6 +312,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--idle", type=float, default=20.0, help="seconds of idle CPU reading (20; 0: none)"
     )
     parser.add_argument(
+        "--after-seed",
+        type=float,
+        default=15.0,
+        help="seconds between seeding and the idle reading (15)",
+    )
+    parser.add_argument(
         "--paths", nargs="+", choices=[p.key for p in PATHS], default=[p.key for p in PATHS]
     )
     parser.add_argument("--profile", type=Path, help="py-spy profiles into this directory")
@@ -357,6 +363,11 @@ def run(args: argparse.Namespace, base_url: str, pids: dict[str, int], mongo_uri
             if "orders" in pids:
                 os.kill(pids["orders"], signal.SIGCONT)
         progress(f"seeded in {time.monotonic() - started:.1f} s")
+        if args.after_seed > 0:
+            # A process stopped for minutes catches up when resumed (its broker
+            # connections, timers, monitors): that is not its idle cost.
+            progress(f"{args.after_seed:g} s for the resumed orders service to catch up")
+            time.sleep(args.after_seed)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     idle = None

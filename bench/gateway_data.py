@@ -2,10 +2,11 @@
 
 ``prepare`` makes, over HTTP like any client, a product with stock enough for every
 order the bench places, a customer with a token and one order of theirs. ``seed_orders``
-writes N pending orders straight into the orders database (bulk inserts), then adds
-their holds the way ``orders.store`` keeps them (the order's ``heldProducts``, the
-product's ``holds.<orderId>``, ``stock`` lowered by the same quantity) in one write per
-product: the end state of N orders placed through the API, their events relayed.
+writes N pending orders straight into the orders database (bulk inserts), with their
+holds the way ``orders.holds`` keeps them (one ``stock_holds`` document per order and
+product, bulk inserted) and each product's ``stock`` lowered by what they hold in one
+write per product: the end state of N orders placed through the API, their events
+relayed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import requests
 from pymongo import InsertOne, MongoClient
 
 from orders.domain import Address, Order, RequestedItem, price_lines
-from orders.store import HOLDS_FIELD, ORDERS, PRODUCTS, OrdersStore, _order_document
+from orders.holds import HOLDS, hold_id
+from orders.store import ORDERS, PRODUCTS, OrdersStore, _order_document
 
 ADMIN = {"email": "admin@example.com", "password": "dev-only-admin-password"}
 PRODUCT_PRICE = "10.00"
@@ -104,9 +106,9 @@ def seed_orders(
         now = datetime.now(UTC)
         written = 0
         ids = (uuid.uuid4().hex for _ in range(count))
-        holds: dict[str, dict[str, int]] = {}
+        taken: dict[str, int] = {}
         while batch := list(islice(ids, SEED_BATCH)):
-            inserts = []
+            orders, holds = [], []
             for index, order_id in enumerate(batch, start=written):
                 product_id = product_ids[index % len(product_ids)]
                 order = Order.place(
@@ -117,31 +119,20 @@ def seed_orders(
                     now=now,
                     reservation_ttl=RESERVATION,
                 )
-                inserts.append(InsertOne({**_order_document(order), "version": 0, "outbox": []}))
-                holds.setdefault(product_id, {})[order_id] = 1
-            store.database[ORDERS].bulk_write(inserts, ordered=False)
+                orders.append(InsertOne({**_order_document(order), "version": 0, "outbox": []}))
+                holds.append(InsertOne({"_id": hold_id(order_id, product_id), "orderId": order_id,
+                                        "productId": product_id, "quantity": 1,
+                                        "txn": "seeded"}))  # fmt: skip
+                taken[product_id] = taken.get(product_id, 0) + 1
+            store.database[ORDERS].bulk_write(orders, ordered=False)
+            store.database[HOLDS].bulk_write(holds, ordered=False)
             written += len(batch)
-        for product_id, new_holds in holds.items():
-            _add_holds(store, product_id, new_holds)
+        for product_id, quantity in taken.items():
+            done = store.database[PRODUCTS].update_one(
+                {"_id": product_id, "stock": {"$gte": quantity}}, {"$inc": {"stock": -quantity}}
+            )
+            if done.modified_count != 1:
+                raise RuntimeError(f"{product_id} lacks stock for {quantity} seeded orders")
         return written
     finally:
         client.close()
-
-
-def _add_holds(store: OrdersStore, product_id: str, new_holds: dict[str, int]) -> None:
-    """Add ``new_holds`` to the product's holds and take their stock, in one write.
-
-    One ``$set`` of the whole map: a ``$set`` of each ``holds.<orderId>`` rewrites the
-    growing document once per batch, which made seeding quadratic. Compare-and-set on
-    the holds as read, so a concurrent change fails loudly instead of being lost.
-    """
-    products = store.database[PRODUCTS]
-    current = (products.find_one({"_id": product_id}, {HOLDS_FIELD: 1}) or {}).get(HOLDS_FIELD)
-    merged = {**(current or {}), **new_holds}
-    taken = sum(new_holds.values())
-    done = products.update_one(
-        {"_id": product_id, HOLDS_FIELD: current, "stock": {"$gte": taken}},
-        {"$set": {HOLDS_FIELD: merged}, "$inc": {"stock": -taken}},
-    )
-    if done.modified_count != 1:
-        raise RuntimeError(f"{product_id} changed, or lacks stock, while seeding; try again")

@@ -22,6 +22,13 @@ Delivery is therefore at least once, and every handler must be idempotent:
 :func:`apply_once` makes a conditional update happen once per event id, recording the id
 in the same document it changes.
 
+A document with events in its outbox also has ``outboxAt``, the ``occurredAt`` of the
+oldest of them, unset once the outbox is empty: the relay's query is on that one
+top-level field, with the sparse index :data:`OUTBOX_INDEX` every collection with an
+outbox declares, so it costs the same however many documents there are (the embedded
+Mongo-wire server serves sparse indexes on top-level fields, not partial ones or a
+query on ``outbox.0``).
+
 An event is ``{"id", "type", "occurredAt", "data"}``; its routing key is its type, on
 the dispatching service's ``<service>.events`` exchange, as with Nameko's dispatcher.
 """
@@ -40,6 +47,7 @@ from eventlet.queue import LightQueue
 from kombu.exceptions import OperationalError
 from nameko_redis_transport.nameko.events import EventDispatcher
 from nameko_redis_transport.urls import redis_client
+from pymongo import ASCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
@@ -49,6 +57,10 @@ from common.redis_clients import SentinelSettings
 log = logging.getLogger(__name__)
 
 OUTBOX_FIELD = "outbox"
+#: The ``occurredAt`` of the oldest event in the outbox; absent when it is empty.
+OUTBOX_AT_FIELD = "outboxAt"
+#: Declared on every collection whose documents have an outbox.
+OUTBOX_INDEX = IndexModel([(OUTBOX_AT_FIELD, ASCENDING)], sparse=True, name="outbox_due")
 APPLIED_EVENTS_FIELD = "appliedEvents"
 #: Event ids a document remembers; redeliveries come long before this many new events.
 APPLIED_EVENTS_KEPT = 200
@@ -86,7 +98,18 @@ def with_events(update: Mapping[str, Any], *events: dict) -> dict:
     merged = {operator: dict(fields) for operator, fields in update.items()}
     push = merged.setdefault("$push", {})
     push[OUTBOX_FIELD] = {"$each": list(events)}
+    if events:
+        oldest = min(event["occurredAt"] for event in events)
+        merged.setdefault("$min", {})[OUTBOX_AT_FIELD] = oldest
     return merged
+
+
+def outbox_fields(*events: dict) -> dict[str, Any]:
+    """The outbox fields of a new document inserted with ``events``."""
+    fields: dict[str, Any] = {OUTBOX_FIELD: list(events)}
+    if events:
+        fields[OUTBOX_AT_FIELD] = min(event["occurredAt"] for event in events)
+    return fields
 
 
 def apply_once(
@@ -111,6 +134,41 @@ def already_applied(collection: Collection, doc_id: Any, event_id: str) -> bool:
 def _remove(published: Published) -> None:
     collection, doc_id, ids = published
     collection.update_one({"_id": doc_id}, {"$pull": {OUTBOX_FIELD: {"id": {"$in": ids}}}})
+    # Only if nothing was added meanwhile; a stale ``outboxAt`` only brings the relay early.
+    collection.update_one(
+        {"_id": doc_id, OUTBOX_FIELD: {"$size": 0}}, {"$unset": {OUTBOX_AT_FIELD: ""}}
+    )
+
+
+#: Collections whose documents from before ``outboxAt`` were stamped (once per process).
+_stamped: set[tuple[str, str]] = set()
+#: Where a database records that a collection's outboxes were stamped, so that the one
+#: full scan is not repeated at every start.
+MIGRATIONS_COLLECTION = "shop_migrations"
+
+
+def stamp_legacy_outboxes(collection: Collection) -> int:
+    """Give ``outboxAt`` to documents written before it existed that still hold events
+    (one scan per collection, ever: recorded in ``shop_migrations``); how many."""
+    key = (collection.database.name, collection.name)
+    if key in _stamped:
+        return 0
+    done = collection.database[MIGRATIONS_COLLECTION]
+    migration = f"{OUTBOX_AT_FIELD}:{collection.name}"
+    if done.find_one({"_id": migration}) is not None:
+        _stamped.add(key)
+        return 0
+    stamped = 0
+    for document in collection.find(
+        {f"{OUTBOX_FIELD}.0": {"$exists": True}, OUTBOX_AT_FIELD: {"$exists": False}},
+        {OUTBOX_FIELD: 1},
+    ):
+        oldest = min(event["occurredAt"] for event in document[OUTBOX_FIELD])
+        collection.update_one({"_id": document["_id"]}, {"$min": {OUTBOX_AT_FIELD: oldest}})
+        stamped += 1
+    done.update_one({"_id": migration}, {"$set": {"at": datetime.now(UTC)}}, upsert=True)
+    _stamped.add(key)
+    return stamped
 
 
 def _remove_all(batch: list[Published]) -> None:
@@ -157,10 +215,9 @@ class OutboxPublisher:
     ) -> int:
         """Publish the events left in outboxes for longer than ``older_than``; returns once
         the broker confirmed them (one confirmation for all) and they left the outbox."""
+        stamp_legacy_outboxes(collection)
         cutoff = _iso(datetime.now(UTC) - older_than)
-        stale = collection.find(
-            {f"{OUTBOX_FIELD}.0.occurredAt": {"$lt": cutoff}}, {"_id": 1}, limit=limit
-        )
+        stale = collection.find({OUTBOX_AT_FIELD: {"$lt": cutoff}}, {"_id": 1}, limit=limit)
         batch = [self._publish(collection, document["_id"]) for document in list(stale)]
         batch = [published for published in batch if published is not None]
         count = sum(len(ids) for _, _, ids in batch)

@@ -158,6 +158,16 @@ def ensure_indexes(database: Database, indexes: Indexes) -> None:
             ) from exc
 
 
+def drop_retired_indexes(database: Database, retired: Mapping[str, Sequence[str]]) -> None:
+    """Drop the named indexes a newer declaration replaced (a no-op once gone), so the
+    replacement on the same keys can be created."""
+    for collection, names in retired.items():
+        existing = set(database[collection].index_information())
+        for name in names:
+            if name in existing:
+                database[collection].drop_index(name)
+
+
 def ping(database: Database, timeout: float = DEFAULT_PING_TIMEOUT) -> bool:
     """True if the server behind ``database`` answers ``ping`` within ``timeout`` s.
 
@@ -182,8 +192,16 @@ class Mongo(DependencyProvider):
 
     store_class: type[MongoStore] | None = None
 
-    def __init__(self, key: str, indexes: Indexes | None = None, **client_options: Any) -> None:
+    def __init__(
+        self,
+        key: str,
+        indexes: Indexes | None = None,
+        retired_indexes: Mapping[str, Sequence[str]] | None = None,
+        **client_options: Any,
+    ) -> None:
         self.key = key
+        #: collection -> names of indexes dropped at start (replaced by a declared one).
+        self.retired_indexes = dict(retired_indexes or {})
         self.indexes: dict[str, list[IndexModel]] = {
             collection: list(models) for collection, models in (indexes or {}).items()
         }
@@ -212,10 +230,12 @@ class Mongo(DependencyProvider):
         the workers' client has it.
         """
         options = {"appname": self.container.service_name, **self.client_options}
-        if self.indexes:
+        if self.indexes or self.retired_indexes:
             builder = connect(self.uri, self.connect_timeout_ms, **options)
             try:
-                ensure_indexes(builder[self.database_name], self.indexes)
+                database = builder[self.database_name]
+                drop_retired_indexes(database, self.retired_indexes)
+                ensure_indexes(database, self.indexes)
             finally:
                 builder.close()
         client = connect(

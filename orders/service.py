@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 EXPIRY_SWEEP_SECONDS = 1
 OUTBOX_RELAY_SECONDS = 5
 RECOVERY_SWEEP_SECONDS = 10
-#: An order still ``reserving`` after this long lost the process placing it.
-RESERVING_TIMEOUT = timedelta(seconds=60)
 #: Times a change is retried after another one saved the same order first.
 SAVE_ATTEMPTS = 5
 
@@ -97,6 +95,13 @@ class OrdersSettings(Settings):
         positive_int,
         100,
         "Pending orders checked at most in one look (one RPC to payments).",
+    )
+    recovery_grace_seconds = Setting(
+        "ORDER_RECOVERY_GRACE_SECONDS",
+        positive_number,
+        60.0,
+        "Seconds before the stock sweep takes a half-done hold move or item edit for a "
+        "dead process's and finishes or rolls it back.",
     )
 
 
@@ -265,9 +270,11 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
 
     @timer(interval=RECOVERY_SWEEP_SECONDS)
     def recover_stock(self) -> None:
-        """Give back stock a process that died mid-way left held (see ``orders.store``)."""
-        self.store.fail_stale_reservations(self.store.now() - RESERVING_TIMEOUT)
-        self.store.settle_released()
+        """Give back stock a process that died mid-way left held, and roll back its
+        half-applied item edits (see ``orders.store``); touches only what is due."""
+        cutoff = self.store.now() - timedelta(seconds=self.settings.recovery_grace_seconds)
+        self.store.fail_stale_reservations(cutoff)
+        self.store.settle_released(cutoff)
 
     @configured_timer(OrdersSettings.reconcile_seconds)
     def reconcile_payments(self) -> None:

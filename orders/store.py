@@ -1,24 +1,26 @@
 """All of the orders service's MongoDB access: the catalog with its stock, and the orders.
 
-Stock is held per order on the product document itself: ``holds.<orderId>`` is the
-quantity that order has taken off ``stock``. Taking and giving back are one conditional
-update each (compare-and-set on that record, and ``stock >= quantity`` to take), so
-stock never goes negative and a reservation is released exactly once, whoever releases
-it and however often.
+Stock is a counter on each product (``stock``: what can still be bought); what each
+order holds of it is one document per (order, product) in ``stock_holds``
+(``orders.holds``, which also holds the move protocol: no oversell, each hold moved and
+given back exactly once, whoever does it and however often).
 
-An order is inserted first, ``reserving`` and invisible to clients, listing in
-``heldProducts`` every product it may hold; only then is stock taken. The service's
-``recover_stock`` timer fails orders stuck in ``reserving`` (``fail_stale_reservations``)
-and settles the holds of orders that no longer keep stock (``settle_released``), so a
-process dying at any point leaves no stock behind.
+An order is inserted first, ``reserving`` and invisible to clients; only then is stock
+taken. An item edit is recorded on the order (``editPlan``) before any hold moves. An
+order that stops keeping its stock is marked ``settleDueAt`` in the write that moves it.
+The service's ``recover_stock`` timer fails orders stuck in ``reserving``
+(``fail_stale_reservations``) and, through indexed fields only, finishes what a dead
+process left (``settle_released``): half-done hold moves, half-applied edits (rolled
+back), unsettled holds. Its cost follows what is due, not how many orders exist.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson.codec_options import CodecOptions
@@ -28,8 +30,8 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from common.documents import DocumentMapper, document_key
-from common.errors import ServiceUnavailable
-from common.events import apply_once, with_events
+from common.errors import InsufficientStock, ServiceUnavailable
+from common.events import OUTBOX_INDEX, apply_once, with_events
 from common.mongo import Mongo, MongoStore
 from orders.domain import (
     FAILED,
@@ -42,23 +44,32 @@ from orders.domain import (
     OrderLine,
     Product,
     hold_changes,
-    insufficient_stock,
     stock_kept,
 )
+from orders.holds import HOLDS, HoldMoved, StockHolds, takes_first
+from orders.holds import INDEXES as HOLDS_INDEXES
 
 log = logging.getLogger(__name__)
 
 PRODUCTS = "products"
 ORDERS = "orders"
-HOLDS_FIELD = "holds"
 #: When a pending order is next due a payment check (orders.reconciliation); absent
 #: until its first check.
 PAYMENT_CHECK_FIELD = "paymentCheckAt"
-#: Compare-and-set attempts on one hold before giving up to the recovery sweep.
-CAS_ATTEMPTS = 20
+#: On an order: an item edit under way, and when it started (the sweep's index).
+EDIT_PLAN = "editPlan"
+EDIT_STARTED_AT = "editStartedAt"
+#: On an order: it no longer keeps its stock as reserved, and its holds may be unsettled.
+SETTLE_DUE_AT = "settleDueAt"
+#: The sweep leaves work younger than this to the process doing it.
+RECOVERY_GRACE = timedelta(seconds=60)
+_DROP_PLAN = {"$unset": {EDIT_PLAN: "", EDIT_STARTED_AT: ""}}
 
 INDEXES = {
-    PRODUCTS: [IndexModel([("createdAt", DESCENDING), ("_id", ASCENDING)])],
+    PRODUCTS: [
+        IndexModel([("createdAt", DESCENDING), ("_id", ASCENDING)]),
+        *HOLDS_INDEXES[PRODUCTS],
+    ],
     ORDERS: [
         IndexModel([("userId", ASCENDING), ("createdAt", DESCENDING)]),
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)]),
@@ -68,7 +79,12 @@ INDEXES = {
             [("status", ASCENDING), (PAYMENT_CHECK_FIELD, ASCENDING), ("createdAt", ASCENDING)],
             name="payment_checks",
         ),
+        # Sparse, top-level: the embedded server serves these from the index.
+        IndexModel([(EDIT_STARTED_AT, ASCENDING)], sparse=True, name="edits_under_way"),
+        IndexModel([(SETTLE_DUE_AT, ASCENDING)], sparse=True, name="holds_to_settle"),
+        OUTBOX_INDEX,
     ],
+    HOLDS: HOLDS_INDEXES[HOLDS],
 }
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
 
@@ -95,6 +111,7 @@ class OrdersStore(MongoStore):
         )
         self.products: Collection = self.database[PRODUCTS]
         self.orders: Collection = self.database[ORDERS]
+        self.stock_holds = StockHolds(self.products, self.database[HOLDS])
 
     # -- catalog ------------------------------------------------------------------------
 
@@ -177,9 +194,16 @@ class OrdersStore(MongoStore):
         doc.update(status=RESERVING, version=0)
         self.orders.insert_one(doc)
         try:
-            self._change_holds(order.id, hold_changes([], order.items))
+            self.stock_holds.change(order.id, hold_changes([], order.items))
         except Exception:
-            self.orders.delete_one({"_id": order.id, "status": RESERVING})
+            # What was taken was given back; a leftover (a failed undo) the sweep settles.
+            self.orders.update_one(
+                {"_id": order.id, "status": RESERVING},
+                {"$set": {"status": FAILED, SETTLE_DUE_AT: self.now()}},
+            )
+            if not self.stock_holds.held(order.id):
+                self.stock_holds.forget_empty(order.id)
+                self.delete_failed(order.id)
             raise
         activated = self.orders.update_one(
             {"_id": order.id, "status": RESERVING},
@@ -190,48 +214,84 @@ class OrdersStore(MongoStore):
             self.settle_holds(order.id)
             raise ServiceUnavailable("Placing the order took too long; try again.", retry_after=1)
 
-    def save_order(
-        self, stored: StoredOrder, events: Sequence[dict] = (), held_products: bool = False
-    ) -> bool:
-        """Write ``stored.order`` if nobody changed it since it was loaded; True if written.
-        ``held_products``: its lines are now exactly what it holds."""
+    def save_order(self, stored: StoredOrder, events: Sequence[dict] = ()) -> bool:
+        """Write ``stored.order`` if nobody changed it since it was loaded (and no item
+        edit is under way); True if written. An order that stops keeping its stock as
+        reserved (cancelled, expired, shipped...) is marked due for settling in the same
+        write, so the sweep settles its holds if this process dies before it does."""
         order = stored.order
         fields = _order_document(order)
         for key in ("_id", "userId", "createdAt"):
             fields.pop(key)
-        if not held_products:
-            fields.pop("heldProducts")
+        if stock_kept(order.status, order.items) is not None:
+            fields[SETTLE_DUE_AT] = self.now()
         update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
         if events:
             update = with_events(update, *events)
-        result = self.orders.update_one({"_id": order.id, "version": stored.version}, update)
+        result = self.orders.update_one(
+            {"_id": order.id, "version": stored.version, EDIT_PLAN: {"$exists": False}}, update
+        )
         return result.modified_count == 1
 
     def save_items(self, stored: StoredOrder, changes: Sequence[HoldChange]) -> None:
         """Save ``stored.order``'s new lines, moving its holds by ``changes`` (what
-        ``Order.replace_items`` returned) all-or-nothing.
+        ``Order.replace_items`` returned) all-or-nothing, crash included.
 
+        The edit is recorded on the order first (``editPlan``: the hold changes, the
+        order's new fields and the version they apply to), then the holds move (takes
+        first), then one conditional write puts the new fields and drops the plan. A
+        process dying in between leaves the plan for the sweep (``settle_released``):
+        every take done, it finishes the edit; otherwise it gives the takes back. So the
+        edit is applied fully or not at all.
         Raises ``InsufficientStock`` or ``ConcurrentChange`` (the order moved meanwhile)
         with the holds and the order as they were.
         """
         order = stored.order
-        added = [change.product_id for change in changes if not change.old]
-        unchanged = {"_id": order.id, "status": PENDING, "version": stored.version}
-        if added:
-            noted = self.orders.update_one(
-                unchanged, {"$addToSet": {"heldProducts": {"$each": added}}}
-            )
-            if not noted.matched_count:
-                raise _changed(order.id)
-        try:
-            self._change_holds(order.id, changes)
-        except Exception:
-            if added:
-                self.orders.update_one(unchanged, {"$pull": {"heldProducts": {"$in": added}}})
-            raise
-        if not self.save_order(stored, held_products=True):
-            self._undo_holds(order.id, changes)
+        txn = uuid.uuid4().hex
+        fields = _order_document(order)
+        for key in ("_id", "userId", "createdAt"):
+            fields.pop(key)
+        plan = {
+            "txn": txn,
+            "changes": [{"productId": c.product_id, "old": c.old, "new": c.new} for c in changes],
+            "version": stored.version,
+            "fields": fields,
+        }
+        planned = self.orders.update_one(
+            {
+                "_id": order.id,
+                "status": PENDING,
+                "version": stored.version,
+                EDIT_PLAN: {"$exists": False},
+            },
+            {"$set": {EDIT_PLAN: plan, EDIT_STARTED_AT: self.now()}},
+        )
+        if not planned.modified_count:
             raise _changed(order.id)
+        # The plan leaves the version as it was: a refused edit changes nothing, and a
+        # change that does not wait for plans (a payment) makes the last write fail.
+        in_plan = {"_id": order.id, f"{EDIT_PLAN}.txn": txn}
+        try:
+            self.stock_holds.change(order.id, changes, txn_prefix=txn)
+        except HoldMoved:
+            self.orders.update_one(in_plan, _DROP_PLAN)
+            raise _changed(order.id) from None
+        except Exception:
+            self.orders.update_one(in_plan, _DROP_PLAN)
+            raise
+        saved = self.orders.update_one(
+            {**in_plan, "version": stored.version},
+            {**_DROP_PLAN, "$set": fields, "$inc": {"version": 1}},
+        )
+        if saved.modified_count:
+            return
+        # Paid meanwhile, or the sweep took us for dead and rolled the edit back (then
+        # the holds are no longer as we left them, and undoing changes nothing).
+        self.stock_holds.undo(order.id, changes, txn_prefix=f"{txn}-undo")
+        dropped = self.orders.update_one(in_plan, _DROP_PLAN)
+        if not dropped.modified_count:
+            raise ServiceUnavailable("Changing the order took too long; try again.", retry_after=1)
+        raise _changed(order.id)
 
     def fail_stale_reservations(self, older_than: datetime) -> list[str]:
         """Fail the orders still ``reserving`` since before ``older_than`` (their creator
@@ -241,7 +301,8 @@ class OrdersStore(MongoStore):
             {"status": RESERVING, "createdAt": {"$lt": older_than}}, {"_id": 1}, limit=100
         ):
             won = self.orders.update_one(
-                {"_id": doc["_id"], "status": RESERVING}, {"$set": {"status": FAILED}}
+                {"_id": doc["_id"], "status": RESERVING},
+                {"$set": {"status": FAILED, SETTLE_DUE_AT: self.now()}},
             )
             if won.modified_count:
                 failed.append(doc["_id"])
@@ -250,108 +311,102 @@ class OrdersStore(MongoStore):
     def delete_failed(self, order_id: str) -> None:
         self.orders.delete_one({"_id": order_id, "status": FAILED})
 
-    # -- stock holds ----------------------------------------------------------------------
+    # -- stock holds (the protocol is orders.holds') -----------------------------------
 
     def settle_holds(self, order_id: str, keep: Mapping[str, int] | None = None) -> int:
         """Give back what ``order_id`` holds beyond ``keep`` (product -> quantity sold) and
-        drop its holds; idempotent. Returns the quantity given back."""
-        doc = self.orders.find_one({"_id": order_id}, {"heldProducts": 1, "items": 1}) or {}
-        product_ids = set(doc.get("heldProducts", []))
-        product_ids.update(item["productId"] for item in doc.get("items", []))
-        return sum(
-            self._settle_hold(order_id, product_id, (keep or {}).get(product_id, 0))
-            for product_id in sorted(product_ids)
-        )
-
-    def settle_released(self) -> int:
-        """Settle every hold whose order no longer keeps stock as it is: cancelled, expired
-        or failed orders give it all back, shipped or delivered ones keep what they sold,
-        a hold of an order that does not exist goes back. The safety net for a process
-        that died after moving an order and before settling its holds."""
-        holders: dict[str, set[str]] = {}
-        for product in self.products.find({HOLDS_FIELD: {"$ne": {}}}, {HOLDS_FIELD: 1}):
-            for order_id in product.get(HOLDS_FIELD) or {}:
-                holders.setdefault(order_id, set()).add(product["_id"])
-        if not holders:
-            return 0
-        orders = {
-            doc["_id"]: doc
-            for doc in self.orders.find(
-                {"_id": {"$in": sorted(holders)}}, {"status": 1, "items": 1}
+        close its holds; idempotent. Then the order is no longer due for settling.
+        Returns the quantity given back."""
+        started = self.now()
+        given_back = self.stock_holds.settle(order_id, keep)
+        if not self.stock_holds.open_products(order_id):  # else the sweep tries again
+            self.orders.update_one(
+                {"_id": order_id, SETTLE_DUE_AT: {"$lte": started}},
+                {"$unset": {SETTLE_DUE_AT: ""}},
             )
-        }
-        given_back = 0
-        for order_id, product_ids in holders.items():
-            doc = orders.get(order_id)
-            if doc is None:
-                keep: Mapping[str, int] | None = {}
-            else:
-                keep = stock_kept(
-                    doc["status"], [LINE.from_document(item) for item in doc["items"]]
-                )
-            if keep is None:
+        return given_back
+
+    def settle_released(self, older_than: datetime | None = None) -> int:
+        """The safety net for a process that died mid-way, touching only what is due:
+        moves of holds left half done (``StockHolds.recover``), item edits left half
+        applied (rolled back), and orders that stopped keeping stock (cancelled, expired,
+        failed give it all back, shipped or delivered keep what they sold) whose holds
+        were not settled. ``older_than``: leave younger work to its own process."""
+        older_than = older_than or self.now() - RECOVERY_GRACE
+        given_back = self.stock_holds.recover(older_than)
+        for doc in self.orders.find({EDIT_STARTED_AT: {"$lt": older_than}}, limit=100):
+            given_back += self._resume_edit(doc)
+        for doc in self.orders.find(
+            {SETTLE_DUE_AT: {"$lt": older_than}}, {"status": 1, "items": 1}, limit=100
+        ):
+            keep = stock_kept(doc["status"], [LINE.from_document(item) for item in doc["items"]])
+            if keep is None:  # still keeps its reservation (a migrated hold)
+                self.orders.update_one({"_id": doc["_id"]}, {"$unset": {SETTLE_DUE_AT: ""}})
                 continue
-            for product_id in sorted(product_ids):
-                given_back += self._settle_hold(order_id, product_id, keep.get(product_id, 0))
-            if doc is not None and doc["status"] == FAILED:
-                self.delete_failed(order_id)
+            given_back += self.settle_holds(doc["_id"], keep)
+            if doc["status"] == FAILED:
+                self.delete_failed(doc["_id"])
         if given_back:
             log.warning("recovered %d units of stock from unsettled holds", given_back)
         return given_back
 
-    def _settle_hold(self, order_id: str, product_id: str, keep: int) -> int:
-        field = f"{HOLDS_FIELD}.{order_id}"
-        for _ in range(CAS_ATTEMPTS):
-            doc = self.products.find_one({"_id": product_id, field: {"$exists": True}}, {field: 1})
-            if doc is None:
-                return 0
-            held = doc[HOLDS_FIELD][order_id]
-            give_back = held - min(keep, held)
-            settled = self.products.update_one(
-                {"_id": product_id, field: held},
-                {"$inc": {"stock": give_back}, "$unset": {field: ""}},
-            )
-            if settled.modified_count:
-                return give_back
-        log.warning("could not settle hold of %s on %s; the sweep will", order_id, product_id)
-        return 0
-
-    def _change_holds(self, order_id: str, changes: Sequence[HoldChange]) -> None:
-        """Apply every change or none: on the first that fails, undo the ones applied."""
-        done: list[HoldChange] = []
+    def _resume_edit(self, doc: Mapping[str, Any]) -> int:
+        """Complete an item edit its process left half applied: forward when every take
+        is done (what is left are give-backs, which cannot fail for stock) and the order
+        is still as the edit found it; otherwise back (every move the edit made undone).
+        Each of the edit's own moves is first abandoned, so the dead process, should it
+        wake up, cannot apply one. Returns the stock given back."""
+        order_id, plan = doc["_id"], doc[EDIT_PLAN]
+        txn = plan["txn"]
+        changes = [HoldChange(c["productId"], c["old"], c["new"]) for c in plan["changes"]]
+        applied = []
         for change in changes:
-            if not self._move_hold(order_id, change.product_id, change.old, change.new):
-                failure = self._why_not(order_id, change)
-                self._undo_holds(order_id, done)
-                raise failure
-            done.append(change)
+            own = f"{txn}:{change.product_id}"
+            hold = self.stock_holds.abandon(order_id, change.product_id, own)
+            if hold.get("txn") == own and not hold.get("closed"):
+                applied.append(change)
+        takes = [change for change in changes if change.new > change.old]
+        forward = all(change in applied for change in takes) and doc["version"] == plan["version"]
+        given_back = 0
+        if forward:
+            for change in changes:
+                if change not in applied:
+                    given_back += self.stock_holds.move(
+                        order_id, change.product_id, change.old, change.new
+                    )
+            finished = self.orders.update_one(
+                {"_id": order_id, f"{EDIT_PLAN}.txn": txn, "version": plan["version"]},
+                {**_DROP_PLAN, "$set": plan["fields"], "$inc": {"version": 1}},
+            )
+            if finished.modified_count:
+                log.warning("finished the item edit %s of order %s", txn, order_id)
+                return given_back
+            applied = changes  # changed meanwhile: undo every move, ours included
+        for change in takes_first([HoldChange(c.product_id, c.new, c.old) for c in applied]):
+            try:
+                given_back += self.stock_holds.move(
+                    order_id, change.product_id, change.old, change.new
+                )
+            except (HoldMoved, InsufficientStock) as exc:
+                log.warning("could not undo the edit's hold on %s: %s", change.product_id, exc)
+        self.orders.update_one({"_id": order_id, f"{EDIT_PLAN}.txn": txn}, _DROP_PLAN)
+        log.warning("rolled back the unfinished item edit %s of order %s", txn, order_id)
+        return given_back
 
-    def _undo_holds(self, order_id: str, changes: Sequence[HoldChange]) -> None:
-        for change in reversed(changes):
-            if not self._move_hold(order_id, change.product_id, change.new, change.old):
-                log.warning("could not undo hold of %s on %s", order_id, change.product_id)
-
-    def _move_hold(self, order_id: str, product_id: str, old: int, new: int) -> bool:
-        """Move the hold from ``old`` to ``new`` (0: none) if it is ``old`` and, when taking
-        more, the stock covers it: one atomic conditional update."""
-        field = f"{HOLDS_FIELD}.{order_id}"
-        take = new - old
-        query: dict[str, Any] = {"_id": product_id, field: old if old else {"$exists": False}}
-        if take > 0:
-            query["stock"] = {"$gte": take}
-        update: dict[str, Any] = {"$inc": {"stock": -take}}
-        if new:
-            update["$set"] = {field: new}
-        else:
-            update["$unset"] = {field: ""}
-        return self.products.update_one(query, update).modified_count == 1
-
-    def _why_not(self, order_id: str, change: HoldChange) -> Exception:
-        doc = self.products.find_one({"_id": change.product_id}) or {}
-        held = (doc.get(HOLDS_FIELD) or {}).get(order_id, 0)
-        if held != change.old or not doc:
-            return _changed(order_id)
-        return insufficient_stock(change.product_id, doc["stock"], change.new - change.old)
+    def migrate_legacy_holds(self) -> int:
+        """Products written before ``stock_holds`` kept a ``holds`` map: move it there
+        (once, at start) and have the sweep settle those orders if they are done."""
+        legacy = list(self.products.find({"holds": {"$exists": True}}, {"holds": 1}))
+        if not legacy:
+            return 0
+        order_ids = self.stock_holds.migrate_legacy_holds(legacy)
+        now = self.now()
+        for order_id in set(order_ids):
+            marked = self.orders.update_one({"_id": order_id}, {"$min": {SETTLE_DUE_AT: now}})
+            if not marked.matched_count:  # a hold of no order: it goes back now
+                self.stock_holds.settle(order_id)
+        log.info("moved %d legacy stock holds to %s", len(order_ids), HOLDS)
+        return len(order_ids)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -442,6 +497,7 @@ class OrdersDatabase(Mongo):
         super().start()
         store = OrdersStore(self.database)
         store.seed_catalog(self.catalog, store.now())
+        store.migrate_legacy_holds()
 
 
 def _changed(order_id: str) -> ConcurrentChange:
@@ -454,14 +510,11 @@ ORDER = DocumentMapper(Order, {"items": LINE, "shipping_address": DocumentMapper
 
 
 def _product_document(product: Product, now: datetime) -> dict[str, Any]:
-    """A new product: no stock held yet."""
-    return {**PRODUCT.to_document(product), HOLDS_FIELD: {}, "createdAt": now}
+    return {**PRODUCT.to_document(product), "createdAt": now}
 
 
 def _order_document(order: Order) -> dict[str, Any]:
-    """The order, and every product whose stock it may hold (its lines')."""
-    held = sorted({line.product_id for line in order.items})
-    return {**ORDER.to_document(order), "heldProducts": held}
+    return ORDER.to_document(order)
 
 
 def _stored_order_from_document(doc: Mapping[str, Any]) -> StoredOrder:

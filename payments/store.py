@@ -36,7 +36,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from common.documents import DocumentMapper
-from common.events import apply_once, new_event, with_events
+from common.events import OUTBOX_INDEX, apply_once, new_event, with_events
 from common.mongo import Mongo, MongoStore
 from payments.domain import (
     COMPLETED,
@@ -70,13 +70,11 @@ INDEXES: Mapping[str, list[IndexModel]] = {
         IndexModel([("userId", 1), ("createdAt", DESCENDING)], name="history"),
         IndexModel([("orderId", 1)], name="by_order"),
         IndexModel([("status", 1), ("createdAt", 1)], name="by_status_age"),
-        IndexModel(
-            [("refundRetryAt", 1)],
-            partialFilterExpression={"refundRetryAt": {"$exists": True}},
-            name="refunds_to_retry",
-        ),
-        # Sparse, not partial: the embedded Mongo-wire server serves only the former.
+        # Sparse, not partial: the embedded Mongo-wire server serves the retry timer's
+        # query from a sparse index and scans every payment with a partial one.
+        IndexModel([("refundRetryAt", 1)], sparse=True, name="refunds_due"),
         IndexModel([(AWAITING_ORDER_FIELD, 1)], sparse=True, name="awaiting_order"),
+        OUTBOX_INDEX,
     ]
 }
 
@@ -318,4 +316,6 @@ class PaymentsDatabase(Mongo):
     store_class = PaymentsStore
 
     def __init__(self) -> None:
-        super().__init__("payments", indexes=INDEXES)
+        super().__init__(
+            "payments", indexes=INDEXES, retired_indexes={PAYMENTS: ["refunds_to_retry"]}
+        )

@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from common.documents import DocumentMapper
 from common.errors import EmailTaken
-from common.events import OUTBOX_FIELD
+from common.events import OUTBOX_FIELD, OUTBOX_INDEX, outbox_fields
 from common.mongo import Mongo, MongoStore
 from users.admin import AdminSettings, ensure_admin
 from users.dependencies import ThreadedPasswordHasher
@@ -32,7 +32,7 @@ USERS = "users"
 SESSIONS = "sessions"
 
 INDEXES = {
-    USERS: [IndexModel([("email", ASCENDING)], unique=True, name="email_unique")],
+    USERS: [IndexModel([("email", ASCENDING)], unique=True, name="email_unique"), OUTBOX_INDEX],
     SESSIONS: [
         IndexModel([("userId", ASCENDING)], name="user"),
         # Mongo deletes a session once its last refresh token has expired.
@@ -73,7 +73,7 @@ class UsersStore(MongoStore):
         """Store a new user with its events in its outbox, in one write; ``EmailTaken``
         when the email is registered already (the unique index decides, so a race is safe)."""
         document = USER.to_document(user)
-        document[OUTBOX_FIELD] = list(events)
+        document.update(outbox_fields(*events))
         try:
             self.users.insert_one(document)
         except DuplicateKeyError:

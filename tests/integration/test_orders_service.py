@@ -109,8 +109,17 @@ def shop(run_services, rpc, orders_db):
             return self.db.products.find_one({"_id": product_id})["stock"]
 
         def snapshot(self):
-            """Everything the service stored, to show a refused call wrote nothing."""
-            return (list(self.db.products.find().sort("_id")), list(self.db.orders.find()))
+            """Everything the service stored, to show a refused call wrote nothing (a
+            product's record of moves under way is bookkeeping: it must be empty)."""
+            products = list(self.db.products.find().sort("_id"))
+            for product in products:
+                assert not product.pop("holdsInFlight", [])
+                product.pop("holdsInFlightSince", None)
+            open_holds = [
+                (hold["_id"], hold["quantity"], hold.get("closed", False))
+                for hold in self.db.stock_holds.find({"quantity": {"$gt": 0}}).sort("_id")
+            ]
+            return (products, list(self.db.orders.find()), open_holds)
 
     return Shop()
 
@@ -416,9 +425,10 @@ def test_only_an_admin_moves_a_paid_order_to_shipped_then_delivered(shop, shop_c
         assert proxy.orders.get_order(order["id"])["status"] == "delivered"
         with pytest.raises(OrderNotModifiable):
             proxy.orders.update_order(order["id"], {"shippingAddress": ADDRESS})
-    # Sold for good: the stock stays taken and the product no longer records the hold.
-    product_doc = shop.db.products.find_one({"_id": product})
-    assert product_doc["stock"] == 3 and product_doc["holds"] == {}
+    # Sold for good: the stock stays taken and the hold is closed, recording what sold.
+    assert shop.stock(product) == 3
+    hold = shop.db.stock_holds.find_one({"orderId": order["id"], "productId": product})
+    assert hold["closed"] is True and hold["quantity"] == 2
 
 
 BAD_CALLS = [
@@ -529,19 +539,23 @@ def test_stock_held_by_a_process_that_died_comes_back_exactly_once(mongo_db):
     mongo_db.orders.update_one(
         {"_id": "stuck"}, {"$set": {"status": "reserving", "createdAt": NOW - timedelta(hours=1)}}
     )
-    # Died after cancelling, before giving the stock back.
-    mongo_db.orders.update_one({"_id": "cancelled"}, {"$set": {"status": "cancelled"}})
-    # Shipped: keeps what it sold. Pending: keeps its reservation.
-    mongo_db.orders.update_one({"_id": "shipped"}, {"$set": {"status": "shipped"}})
+    # Died after cancelling (or shipping), before settling: the save marked it due.
+    for order_id, status in [("cancelled", "cancelled"), ("shipped", "shipped")]:
+        stored = store.get_order(order_id)
+        stored.order.status = status
+        assert store.save_order(stored)
+    later = store.now() + timedelta(seconds=1)
 
     assert store.fail_stale_reservations(NOW) == ["stuck"]
-    assert store.settle_released() == 5
+    assert store.settle_released(later) == 5
     for _ in range(2):  # every later sweep, and an explicit settle, changes nothing
-        assert store.settle_released() == 0
+        assert store.settle_released(later) == 0
         assert store.settle_holds("cancelled") == 0
-    product = mongo_db.products.find_one({"_id": "p"})
-    assert product["stock"] == 5 and product["holds"] == {"pending": 4}
+    assert mongo_db.products.find_one({"_id": "p"})["stock"] == 5
+    held = {o: store.stock_holds.held(o) for o in ("stuck", "cancelled", "shipped", "pending")}
+    assert held == {"stuck": {}, "cancelled": {}, "shipped": {}, "pending": {"p": 4}}
     assert mongo_db.orders.find_one({"_id": "stuck"}) is None
+    assert mongo_db.orders.count_documents({"settleDueAt": {"$exists": True}}) == 0
 
 
 class SlowReads:
@@ -571,7 +585,7 @@ def test_of_two_instances_expiring_an_order_one_wins_and_its_stock_comes_back_on
         wins.append(store.save_order(stored, [new_event("order_expired", {})]))
     assert wins == [True, False]
     # Five releasers that all read the hold before any of them writes.
-    store.products = SlowReads(store.products)
+    store.stock_holds.holds = SlowReads(store.stock_holds.holds)
     given_back = list(eventlet.GreenPool().imap(lambda _: store.settle_holds("o"), range(5)))
     assert sorted(given_back) == [0, 0, 0, 0, 4]
     assert mongo_db.products.find_one({"_id": "p"})["stock"] == 10
