@@ -11,7 +11,7 @@ from common.events import OUTBOX_FIELD, OutboxPublisher, new_event
 
 
 class OneDocument:
-    """The two calls the outbox makes on a collection, on one document."""
+    """The calls the outbox makes on a collection, on one document."""
 
     def __init__(self, events: list[dict]) -> None:
         self.document = {"_id": "order-1", OUTBOX_FIELD: list(events)}
@@ -20,8 +20,13 @@ class OneDocument:
         return self.document
 
     def update_one(self, query, update):
-        ids = set(update["$pull"][OUTBOX_FIELD]["id"]["$in"])
-        self.document[OUTBOX_FIELD] = [e for e in self.document[OUTBOX_FIELD] if e["id"] not in ids]
+        if "$pull" in update:
+            ids = set(update["$pull"][OUTBOX_FIELD]["id"]["$in"])
+            outbox = self.document[OUTBOX_FIELD]
+            self.document[OUTBOX_FIELD] = [e for e in outbox if e["id"] not in ids]
+        else:  # the outbox's due time, unset once it is empty
+            for field in update.get("$unset", {}):
+                self.document.pop(field, None)
 
 
 @pytest.mark.parametrize(
