@@ -13,6 +13,11 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from common.errors import ERRORS_BY_CODE
+from common.idempotency import (
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    IDEMPOTENCY_KEY_PATTERN,
+)
 from common.money import MAX_CENTS, Money, cents_to_number
 from common.schemas import PageQuerySchema, UtcTimestamp
 from common.tokens import ROLES, TOKEN_TYPE_BEARER
@@ -27,12 +32,7 @@ from orders.schemas import (
     UpdateOrderSchema,
     UpdateProductSchema,
 )
-from payments.domain import (
-    IDEMPOTENCY_KEY_HEADER,
-    IDEMPOTENCY_KEY_MAX_LENGTH,
-    PAYMENT_METHODS,
-    PAYMENT_STATUSES,
-)
+from payments.domain import PAYMENT_METHODS, PAYMENT_STATUSES
 from payments.schemas import PaymentListQuerySchema, PaymentSchema, ProcessPaymentSchema
 from users.schemas import (
     LoginSchema,
@@ -126,13 +126,23 @@ RESPONSE_ENUMS = {
 }
 #: Change bodies that must change something (their schemas' ``@validates_schema``).
 NON_EMPTY_BODIES = ("UpdateOrder", "UpdateProduct")
-#: payments.domain.validate_idempotency_key: 1 to 255 printable ASCII characters, no
+#: common.idempotency.validate_idempotency_key: 1 to 255 printable ASCII characters, no
 #: surrounding spaces (an ECMA 262 pattern, as OpenAPI's are).
 IDEMPOTENCY_KEY_SCHEMA = {
     "type": "string",
     "minLength": 1,
     "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
-    "pattern": r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
+    "pattern": IDEMPOTENCY_KEY_PATTERN,
+}
+#: Routes that take an optional ``Idempotency-Key`` header, and what it means there.
+IDEMPOTENT_ROUTES = {
+    R.CREATE_PAYMENT: "The same key with the same body returns the first answer (a decline's "
+    "402 included) and never charges twice; with a different body it is 409 "
+    "IDEMPOTENCY_KEY_REUSED. Scoped to the user.",
+    R.CREATE_ORDER: "The same key with the same body returns the order it placed (201, the "
+    "same id, as the order is now) and never places a second one nor holds stock twice; "
+    "with a different body it is 409 IDEMPOTENCY_KEY_REUSED. A duplicate sent while the "
+    "first is in progress waits for it. Scoped to the user.",
 }
 
 _STATUS_TEXT = {
@@ -227,9 +237,15 @@ def openapi_document() -> dict[str, Any]:
         }
         if query is not None:
             operation["parameters"].append({"in": "query", "schema": query})
-        if route is R.CREATE_PAYMENT:
+        if route in IDEMPOTENT_ROUTES:
             operation["parameters"].append(
-                {"in": "header", "name": IDEMPOTENCY_KEY_HEADER, "schema": IDEMPOTENCY_KEY_SCHEMA}
+                {
+                    "in": "header",
+                    "name": IDEMPOTENCY_KEY_HEADER,
+                    "required": False,
+                    "description": IDEMPOTENT_ROUTES[route],
+                    "schema": IDEMPOTENCY_KEY_SCHEMA,
+                }
             )
         if body is not None:
             content: dict[str, Any] = {"schema": body}
