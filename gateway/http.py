@@ -33,8 +33,12 @@ def read_json_object(request: Request, limit: int = DEFAULT_MAX_BODY_BYTES) -> d
     """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    # Without a Content-Length werkzeug's stream is empty; eventlet's own input decodes a
+    # chunked body.
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    stream = request.environ["wsgi.input"] if chunked else request.stream
     try:
-        raw = request.stream.read(limit + 1)
+        raw = stream.read(limit + 1)
     except ValueError:  # eventlet's ChunkReadError: a malformed chunked body
         raise BadRequest("The body's chunked encoding is malformed.") from None
     if len(raw) > limit:

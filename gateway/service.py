@@ -7,13 +7,13 @@ checks every request goes through live in gateway/edge.py, errors in gateway/err
 from __future__ import annotations
 
 from nameko.dependency_providers import Config
-from nameko.web.handlers import http
 from nameko_redis_transport.nameko.rpc import RpcProxy
 from werkzeug.wrappers import Request, Response
 
 from common.errors import MethodNotAllowed, NotFound
 from common.idempotency import IDEMPOTENCY_KEY_HEADER
 from common.logs import RequestContext
+from common.web_server import http
 from gateway import routes as R
 from gateway import storefront  # the module: `nameko run` would take its class as a service
 from gateway.edge import DOWNSTREAM_SERVICES, Call, Edge
