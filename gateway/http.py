@@ -44,7 +44,8 @@ def read_json_object(request: Request, limit: int = DEFAULT_MAX_BODY_BYTES) -> d
     if len(raw) > limit:
         raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
     try:
-        body = json.loads(raw)
+        # Strict UTF-8: json.loads of bytes would let surrogates encoded in them through.
+        body = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except RecursionError:
         raise BadRequest("The body is nested too deeply.") from None
     except ValueError:
