@@ -73,6 +73,8 @@ BODIES = [
     # Not UTF-8, not JSON, not an object.
     ("POST", "/api/orders", b'{"items": "\xe9"}', True, 400, "BAD_REQUEST", None),
     ("POST", "/api/orders", b"\xff\xfe{}", True, 400, "BAD_REQUEST", None),
+    ("POST", "/api/users/login", b'{"email": "\xed\xa0\x80", "password": "password123"}',
+     False, 400, "BAD_REQUEST", None),  # a surrogate encoded as if UTF-8
     ("POST", "/api/users/login", '{"email": "x@y.z"', False, 400, "BAD_REQUEST", None),
     ("POST", "/api/users/login", "[]", False, 400, "BAD_REQUEST", None),
     # Over the body limit (64 KiB).
