@@ -193,6 +193,18 @@ class PayloadTooLarge(ShopError):
     default_message = "The body is too large."
 
 
+class UriTooLong(ShopError):
+    code = "URI_TOO_LONG"
+    http_status = 414
+    default_message = "The request line is too long."
+
+
+class HeadersTooLarge(ShopError):
+    code = "HEADERS_TOO_LARGE"
+    http_status = 431
+    default_message = "The request's headers are too large."
+
+
 class ValidationFailed(ShopError):
     """422: ``details`` maps dotted field paths (``items.0.quantity``) to lists of messages."""
 

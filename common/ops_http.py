@@ -29,7 +29,7 @@ from typing import Any
 from nameko.extensions import DependencyProvider
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import BindAddress, WebServer, parse_address
+from nameko.web.server import BindAddress, parse_address
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.wrappers import Request, Response
@@ -38,6 +38,7 @@ from common.errors import MethodNotAllowed, NotFound, ShopError
 from common.health import STATUS_OK
 from common.http import error_response, json_response
 from common.queues import rpc_queue_depths
+from common.web_server import ContractWebServer
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ OUTCOME_REFUSED = "refused"
 OUTCOME_FAULT = "fault"
 
 
-class OpsWebServer(WebServer):
-    """Nameko's web server, bound to this service's ``OPS_HTTP_ADDRESSES`` entry."""
+class OpsWebServer(ContractWebServer):
+    """Nameko's web server (refusing bad requests in the contract's JSON), bound to this
+    service's ``OPS_HTTP_ADDRESSES`` entry."""
 
     @property
     def bind_addr(self) -> BindAddress:

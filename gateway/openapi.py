@@ -13,8 +13,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from common.errors import ERRORS_BY_CODE
+from common.idempotency import (
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    IDEMPOTENCY_KEY_PATTERN,
+)
 from common.money import MAX_CENTS, Money, cents_to_number
-from common.schemas import PageQuerySchema, UtcTimestamp
+from common.schemas import PageQuerySchema, Text, UtcTimestamp
 from common.tokens import ROLES, TOKEN_TYPE_BEARER
 from gateway import routes as R
 from orders.domain import ORDER_STATUSES
@@ -27,12 +32,7 @@ from orders.schemas import (
     UpdateOrderSchema,
     UpdateProductSchema,
 )
-from payments.domain import (
-    IDEMPOTENCY_KEY_HEADER,
-    IDEMPOTENCY_KEY_MAX_LENGTH,
-    PAYMENT_METHODS,
-    PAYMENT_STATUSES,
-)
+from payments.domain import PAYMENT_METHODS, PAYMENT_STATUSES
 from payments.schemas import PaymentListQuerySchema, PaymentSchema, ProcessPaymentSchema
 from users.schemas import (
     LoginSchema,
@@ -126,19 +126,33 @@ RESPONSE_ENUMS = {
 }
 #: Change bodies that must change something (their schemas' ``@validates_schema``).
 NON_EMPTY_BODIES = ("UpdateOrder", "UpdateProduct")
-#: payments.domain.validate_idempotency_key: 1 to 255 printable ASCII characters, no
+#: common.idempotency.validate_idempotency_key: 1 to 255 printable ASCII characters, no
 #: surrounding spaces (an ECMA 262 pattern, as OpenAPI's are).
 IDEMPOTENCY_KEY_SCHEMA = {
     "type": "string",
     "minLength": 1,
     "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
-    "pattern": r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
+    "pattern": IDEMPOTENCY_KEY_PATTERN,
 }
+#: Routes that take an optional ``Idempotency-Key`` header, and what it means there.
+IDEMPOTENT_ROUTES = {
+    R.CREATE_PAYMENT: "The same key with the same body returns the first answer (a decline's "
+    "402 included) and never charges twice; with a different body it is 409 "
+    "IDEMPOTENCY_KEY_REUSED. Scoped to the user.",
+    R.CREATE_ORDER: "The same key with the same body returns the order it placed (201, the "
+    "same id, as the order is now) and never places a second one nor holds stock twice; "
+    "with a different body it is 409 IDEMPOTENCY_KEY_REUSED. A duplicate sent while the "
+    "first is in progress waits for it. Scoped to the user.",
+}
+
+#: common.schemas.Text without ``controls``: no C0 or C1 control character (ECMA 262).
+ONE_LINE_TEXT_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
 
 _STATUS_TEXT = {
     200: "OK", 201: "Created", 204: "No content", 400: "Bad request", 401: "Unauthorized",
     402: "Payment declined", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-    413: "Payload too large", 422: "Validation failed", 429: "Rate limited",
+    413: "Payload too large", 414: "Request line too long", 422: "Validation failed",
+    429: "Rate limited", 431: "Headers too large",
     500: "Internal error", 503: "Service unavailable", 504: "Upstream timeout",
 }  # fmt: skip
 
@@ -149,7 +163,9 @@ def _openapi_path(rule: str) -> tuple[str, list[str]]:
 
 
 def _error_statuses(route: R.Route) -> list[int]:
-    statuses = [429, 500, 503, 504]
+    # Any request: a malformed request (400), a request line or headers over the server's
+    # limits (414, 431), the rate limit, a fault, an outage, a timeout.
+    statuses = [400, 414, 429, 431, 500, 503, 504]
     if ROUTE_SCHEMAS[route.name][1] is not None:
         statuses.append(422)  # a query parameter that fails validation
     if route.access != R.PUBLIC:
@@ -181,6 +197,13 @@ def _money_range(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any
     return bounds
 
 
+def _text_rules(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    """A one-line ``Text`` field refuses control characters; a pattern of its own wins."""
+    if isinstance(field, Text) and not field.controls and "pattern" not in field.metadata:
+        return {"pattern": ONE_LINE_TEXT_PATTERN}
+    return {}
+
+
 def _describe_what_marshmallow_cannot(schemas: dict[str, Any]) -> None:
     """What API.md promises that the schemas' fields alone do not say."""
     for name in RESPONSE_OBJECTS:
@@ -209,6 +232,7 @@ def openapi_document() -> dict[str, Any]:
     plugin.map_to_openapi_type(Money, "number", None)
     plugin.map_to_openapi_type(UtcTimestamp, "string", "date-time")
     plugin.converter.add_attribute_function(_money_range)
+    plugin.converter.add_attribute_function(_text_rules)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.schema("Error", schema=ErrorSchema)
 
@@ -227,9 +251,15 @@ def openapi_document() -> dict[str, Any]:
         }
         if query is not None:
             operation["parameters"].append({"in": "query", "schema": query})
-        if route is R.CREATE_PAYMENT:
+        if route in IDEMPOTENT_ROUTES:
             operation["parameters"].append(
-                {"in": "header", "name": IDEMPOTENCY_KEY_HEADER, "schema": IDEMPOTENCY_KEY_SCHEMA}
+                {
+                    "in": "header",
+                    "name": IDEMPOTENCY_KEY_HEADER,
+                    "required": False,
+                    "description": IDEMPOTENT_ROUTES[route],
+                    "schema": IDEMPOTENCY_KEY_SCHEMA,
+                }
             )
         if body is not None:
             content: dict[str, Any] = {"schema": body}

@@ -7,12 +7,13 @@ checks every request goes through live in gateway/edge.py, errors in gateway/err
 from __future__ import annotations
 
 from nameko.dependency_providers import Config
-from nameko.web.handlers import http
 from nameko_redis_transport.nameko.rpc import RpcProxy
 from werkzeug.wrappers import Request, Response
 
 from common.errors import MethodNotAllowed, NotFound
+from common.idempotency import IDEMPOTENCY_KEY_HEADER
 from common.logs import RequestContext
+from common.web_server import http
 from gateway import routes as R
 from gateway import storefront  # the module: `nameko run` would take its class as a service
 from gateway.edge import DOWNSTREAM_SERVICES, Call, Edge
@@ -107,7 +108,11 @@ class GatewayService(storefront.StorefrontEntrypoints):
     @http(*R.CREATE_ORDER.http)
     def create_order(self, request: Request):
         return self.edge.handle(
-            request, R.CREATE_ORDER, lambda c: c.rpc(self.orders).create_order(c.body)
+            request,
+            R.CREATE_ORDER,
+            lambda c: c.rpc(self.orders).create_order(
+                c.body, idempotency_key=request.headers.get(IDEMPOTENCY_KEY_HEADER)
+            ),
         )
 
     @http(*R.LIST_ORDERS.http)
@@ -144,7 +149,7 @@ class GatewayService(storefront.StorefrontEntrypoints):
             request,
             R.CREATE_PAYMENT,
             lambda c: c.rpc(self.payments).process_payment(
-                c.body, idempotency_key=request.headers.get("Idempotency-Key")
+                c.body, idempotency_key=request.headers.get(IDEMPOTENCY_KEY_HEADER)
             ),
         )
 

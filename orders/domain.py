@@ -10,10 +10,13 @@ Statuses: pending -> paid -> shipped -> delivered; pending -> cancelled; paid ->
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import Any
 
 from common.errors import InsufficientStock, OrderNotModifiable, PriceMismatch, ValidationFailed
 from common.money import format_cents
@@ -327,3 +330,11 @@ class Order:
             )
         self.status = status
         self.updated_at = now
+
+
+def order_request_fingerprint(request: Mapping[str, Any]) -> str:
+    """A stable SHA-256 of an order request (``CreateOrderSchema``'s load), to tell a
+    replay of an ``Idempotency-Key`` from a different request: 29.99 and 29.990, key order
+    and spaces around an address's fields do not matter; the order of the lines does."""
+    canonical = json.dumps(dict(request), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

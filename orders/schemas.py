@@ -12,7 +12,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from common.money import Money
-from common.schemas import _BETWEEN, PageQuerySchema, UtcTimestamp
+from common.schemas import _BETWEEN, PageQuerySchema, Text, UtcTimestamp
 from orders.domain import (
     MAX_LINES,
     MAX_QUANTITY,
@@ -32,8 +32,8 @@ def _strip(value: Any) -> Any:
 
 
 def _text(max_length: int, **kwargs: Any) -> fields.String:
-    """A string trimmed of surrounding spaces that must not be empty."""
-    return fields.String(pre_load=_strip, validate=validate.Length(min=1, max=max_length), **kwargs)
+    """One line of text trimmed of surrounding spaces that must not be empty."""
+    return Text(pre_load=_strip, validate=validate.Length(min=1, max=max_length), **kwargs)
 
 
 class AddressSchema(Schema):
@@ -132,7 +132,7 @@ def _stock(**kwargs: Any) -> fields.Integer:
 class CreateProductSchema(Schema):
     """An admin's new product; without ``id`` the service makes one."""
 
-    id = fields.String(
+    id = Text(
         validate=validate.Regexp(PRODUCT_ID_PATTERN + r"\Z"),
         # OpenAPI's patterns are ECMA 262, which has no \Z (and matches anywhere unanchored).
         metadata={"pattern": f"^{PRODUCT_ID_PATTERN}$"},

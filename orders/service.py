@@ -23,6 +23,7 @@ from common.errors import Forbidden, NotFound, OrderNotModifiable, ShopError, Va
 from common.event_handlers import event_handler
 from common.events import Outbox, new_event
 from common.health import health_report
+from common.idempotency import validate_idempotency_key
 from common.logs import RequestContext
 from common.reconciliation import Repairs
 from common.rpc import rpc
@@ -39,6 +40,7 @@ from orders.domain import (
     price_lines,
     stock_kept,
 )
+from orders.placing import OrderPlacing, OrderRequest
 from orders.reconciliation import (
     KNOWN_REPAIRS,
     PaymentCheck,
@@ -166,11 +168,20 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     # -- orders -----------------------------------------------------------------------
 
     @rpc(expected_exceptions=ShopError)
-    def create_order(self, body: Any) -> dict:
+    def create_order(self, body: Any, idempotency_key: str | None = None) -> dict:
         """``{items: [{productId, quantity, price?}], shippingAddress}`` -> a pending order
-        holding the stock of every line (201), or ``InsufficientStock`` holding none."""
+        holding the stock of every line (201), or ``InsufficientStock`` holding none.
+
+        ``idempotency_key`` is the ``Idempotency-Key`` header: the same key with the same
+        request returns the order it placed, and never places a second (``orders.placing``).
+        """
         caller = self.auth.require()
-        data = load(CreateOrderSchema(), body)
+        data = _load_order_request(body, idempotency_key)
+        request = OrderRequest.of(caller.user_id, data, idempotency_key)
+        placing = OrderPlacing(self.store, now=self.store.now)
+        replayed = placing.replay(request)
+        if replayed is not None:
+            return OrderSchema().dump(replayed)
         order = Order.place(
             order_id=_new_id(),
             user_id=caller.user_id,
@@ -181,11 +192,12 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         )
         created = _order_event(ORDER_CREATED, order, total=order.total_cents)
         try:
-            self.store.place_order(order, created)
+            placed = placing.place(request, order, created)
         except ConcurrentChange as exc:
             raise OrderNotModifiable(str(exc)) from None
-        self.outbox.flush(self.store.orders, order.id)
-        return OrderSchema().dump(order)
+        if placed is order:
+            self.outbox.flush(self.store.orders, order.id)
+        return OrderSchema().dump(placed)
 
     @rpc(expected_exceptions=ShopError)
     def get_order(self, order_id: str) -> dict:
@@ -359,6 +371,24 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
 
     def _reservation_ttl(self) -> timedelta:
         return timedelta(minutes=self.settings.reservation_minutes)
+
+
+def _load_order_request(body: Any, idempotency_key: Any) -> dict:
+    """The loaded body; every malformed field and a bad key are named in one 422."""
+    details: dict[str, list[str]] = {}
+    data: dict = {}
+    try:
+        data = load(CreateOrderSchema(), body)
+    except ValidationFailed as error:
+        details.update(error.details)
+    if idempotency_key is not None:
+        try:
+            validate_idempotency_key(idempotency_key)
+        except ValidationFailed as error:
+            details.update(error.details)
+    if details:
+        raise ValidationFailed(details=details)
+    return data
 
 
 def _order_event(event_type: str, order: Order, **facts: Any) -> dict:

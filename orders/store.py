@@ -64,6 +64,10 @@ SETTLE_DUE_AT = "settleDueAt"
 #: The sweep leaves work younger than this to the process doing it.
 RECOVERY_GRACE = timedelta(seconds=60)
 _DROP_PLAN = {"$unset": {EDIT_PLAN: "", EDIT_STARTED_AT: ""}}
+#: An order placed with an ``Idempotency-Key`` keeps it, with its request's fingerprint,
+#: while it is reserving or placed; an abandoned reservation gives the key back.
+IDEMPOTENCY_KEY_FIELD = "idempotencyKey"
+FINGERPRINT_FIELD = "fingerprint"
 
 INDEXES = {
     PRODUCTS: [
@@ -83,6 +87,12 @@ INDEXES = {
         IndexModel([(EDIT_STARTED_AT, ASCENDING)], sparse=True, name="edits_under_way"),
         IndexModel([(SETTLE_DUE_AT, ASCENDING)], sparse=True, name="holds_to_settle"),
         OUTBOX_INDEX,
+        IndexModel(
+            [("userId", ASCENDING), (IDEMPOTENCY_KEY_FIELD, ASCENDING)],
+            unique=True,
+            partialFilterExpression={IDEMPOTENCY_KEY_FIELD: {"$exists": True}},
+            name="one_order_per_idempotency_key",
+        ),
     ],
     HOLDS: HOLDS_INDEXES[HOLDS],
 }
@@ -99,6 +109,20 @@ class StoredOrder:
 
 class ConcurrentChange(Exception):
     """Someone else changed the order between loading and saving it; reload and retry."""
+
+
+class IdempotencyKeyTaken(Exception):
+    """Another order of this user holds the ``Idempotency-Key``; look it up and replay it."""
+
+
+@dataclass(frozen=True)
+class KeyedOrder:
+    """The order holding a user's ``Idempotency-Key``, as :meth:`OrdersStore.find_by_key`
+    finds it: maybe still ``reserving``."""
+
+    order: Order
+    status: str
+    fingerprint: str
 
 
 class OrdersStore(MongoStore):
@@ -184,22 +208,41 @@ class OrdersStore(MongoStore):
 
     # -- placing and changing orders ----------------------------------------------------
 
-    def place_order(self, order: Order, created_event: dict) -> None:
+    def place_order(
+        self,
+        order: Order,
+        created_event: dict,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
         """Insert ``order`` and reserve all its lines, or none (``InsufficientStock``).
 
         The order exists (``reserving``) before any stock is taken and becomes ``pending``
-        with its ``order_created`` event in one update once every line is held.
+        with its ``order_created`` event in one update once every line is held. With an
+        ``idempotency_key``, the insert claims it for the user (a unique index):
+        ``IdempotencyKeyTaken`` when another order holds it, before any stock is taken.
         """
         doc = _order_document(order)
         doc.update(status=RESERVING, version=0)
-        self.orders.insert_one(doc)
+        if idempotency_key is not None:
+            doc.update({IDEMPOTENCY_KEY_FIELD: idempotency_key, FINGERPRINT_FIELD: fingerprint})
+        try:
+            self.orders.insert_one(doc)
+        except DuplicateKeyError:
+            if idempotency_key is None:
+                raise
+            raise IdempotencyKeyTaken(order.user_id) from None
         try:
             self.stock_holds.change(order.id, hold_changes([], order.items))
         except Exception:
             # What was taken was given back; a leftover (a failed undo) the sweep settles.
+            # A refused attempt keeps no key: a retry with it is evaluated afresh.
             self.orders.update_one(
                 {"_id": order.id, "status": RESERVING},
-                {"$set": {"status": FAILED, SETTLE_DUE_AT: self.now()}},
+                {
+                    "$set": {"status": FAILED, SETTLE_DUE_AT: self.now()},
+                    "$unset": {IDEMPOTENCY_KEY_FIELD: ""},
+                },
             )
             if not self.stock_holds.held(order.id):
                 self.stock_holds.forget_empty(order.id)
@@ -296,17 +339,34 @@ class OrdersStore(MongoStore):
     def fail_stale_reservations(self, older_than: datetime) -> list[str]:
         """Fail the orders still ``reserving`` since before ``older_than`` (their creator
         died); one instance wins each. Their holds are settled by ``settle_released``."""
-        failed = []
-        for doc in self.orders.find(
-            {"status": RESERVING, "createdAt": {"$lt": older_than}}, {"_id": 1}, limit=100
-        ):
-            won = self.orders.update_one(
-                {"_id": doc["_id"], "status": RESERVING},
-                {"$set": {"status": FAILED, SETTLE_DUE_AT: self.now()}},
+        return [
+            doc["_id"]
+            for doc in self.orders.find(
+                {"status": RESERVING, "createdAt": {"$lt": older_than}}, {"_id": 1}, limit=100
             )
-            if won.modified_count:
-                failed.append(doc["_id"])
-        return failed
+            if self.abandon_reservation(doc["_id"])
+        ]
+
+    def abandon_reservation(self, order_id: str) -> bool:
+        """Fail an order still ``reserving`` and give its ``Idempotency-Key`` back; True if
+        this call did it. Its creator, if alive, then fails to activate it and undoes its
+        holds; ``settle_holds`` or ``settle_released`` give back what it took."""
+        won = self.orders.update_one(
+            {"_id": order_id, "status": RESERVING},
+            {
+                "$set": {"status": FAILED, SETTLE_DUE_AT: self.now()},
+                "$unset": {IDEMPOTENCY_KEY_FIELD: ""},
+            },
+        )
+        return won.modified_count == 1
+
+    def find_by_key(self, user_id: str, idempotency_key: str) -> KeyedOrder | None:
+        """The order (maybe still ``reserving``) holding this user's key, if one does."""
+        doc = self.orders.find_one({"userId": user_id, IDEMPOTENCY_KEY_FIELD: idempotency_key})
+        if doc is None:
+            return None
+        order = _stored_order_from_document(doc).order
+        return KeyedOrder(order, doc["status"], doc.get(FINGERPRINT_FIELD) or "")
 
     def delete_failed(self, order_id: str) -> None:
         self.orders.delete_one({"_id": order_id, "status": FAILED})

@@ -25,6 +25,11 @@ from common.errors import (
     PaymentDeclined,
     ValidationFailed,
 )
+from common.idempotency import (  # noqa: F401 - payments' names for the shared key rules
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    validate_idempotency_key,
+)
 from common.money import cents_to_number, format_cents
 
 CREDIT_CARD = "credit_card"
@@ -60,14 +65,11 @@ ORDER_PAID_STATUSES = frozenset({"paid", "shipped", "delivered"})
 
 #: The body's path of the card fields, as a 422's ``details`` names them.
 CARD_DETAILS_PATH = "cardDetails"
-IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
-IDEMPOTENCY_KEY_MAX_LENGTH = 255
 
 _SEPARATORS = re.compile(r"[ -]")
 _NUMBER = re.compile(r"[0-9]{12,19}")
 _EXPIRY = re.compile(r"(0[1-9]|1[0-2])/([0-9]{2})")
 _CVV = re.compile(r"[0-9]{3,4}")
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
 def card_digits(number: str) -> str:
@@ -341,20 +343,6 @@ def ensure_amount_matches(order_total_cents: int, amount_cents: int) -> None:
             f"{format_cents(order_total_cents)}.",
             {"amount": cents_to_number(amount_cents), "total": cents_to_number(order_total_cents)},
         )
-
-
-def validate_idempotency_key(key: Any) -> str:
-    """The ``Idempotency-Key`` header: 1 to 255 printable ASCII characters, else 422."""
-    if (
-        not isinstance(key, str)
-        or len(key) > IDEMPOTENCY_KEY_MAX_LENGTH
-        or not _IDEMPOTENCY_KEY.fullmatch(key)
-    ):
-        raise ValidationFailed.for_field(
-            IDEMPOTENCY_KEY_HEADER,
-            f"Must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters.",
-        )
-    return key
 
 
 def idempotency_scope(user_id: str, key: str) -> str:

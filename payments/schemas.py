@@ -14,10 +14,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, post_dump, validate
 
 from common.money import Money
-from common.schemas import (
-    PageQuerySchema,
-    UtcTimestamp,
-)
+from common.schemas import PageQuerySchema, Text, UtcTimestamp
 from payments.domain import (
     PAYMENT_METHODS,
     cvv_format_error,
@@ -45,17 +42,17 @@ CARD_CVV_PATTERN = r"^[0-9]{3,4}$"
 
 
 class CardDetailsSchema(Schema):
-    number = fields.String(
+    number = Text(
         required=True,
         validate=_format_check(number_format_error),
         metadata={"pattern": CARD_NUMBER_PATTERN},
     )
-    expiry = fields.String(
+    expiry = Text(
         required=True,
         validate=_format_check(expiry_format_error),
         metadata={"pattern": CARD_EXPIRY_PATTERN},
     )
-    cvv = fields.String(
+    cvv = Text(
         required=True,
         validate=_format_check(cvv_format_error),
         metadata={"pattern": CARD_CVV_PATTERN},
@@ -65,11 +62,9 @@ class CardDetailsSchema(Schema):
 class ProcessPaymentSchema(Schema):
     """``{orderId, amount, paymentMethod: "credit_card", cardDetails: {number, expiry, cvv}}``."""
 
-    order_id = fields.String(
-        data_key="orderId", required=True, validate=validate.Length(1, ID_MAX_LENGTH)
-    )
+    order_id = Text(data_key="orderId", required=True, validate=validate.Length(1, ID_MAX_LENGTH))
     amount_cents = Money(data_key="amount", required=True, allow_zero=False)
-    payment_method = fields.String(
+    payment_method = Text(
         data_key="paymentMethod", required=True, validate=validate.OneOf(PAYMENT_METHODS)
     )
     card_details = fields.Nested(CardDetailsSchema, data_key="cardDetails", required=True)
@@ -104,4 +99,4 @@ class PaymentSchema(Schema):
 class PaymentListQuerySchema(PageQuerySchema):
     """``?orderId=&page=&limit=``: page from 1, limit 1..100 (20 if absent)."""
 
-    order_id = fields.String(data_key="orderId", validate=validate.Length(1, ID_MAX_LENGTH))
+    order_id = Text(data_key="orderId", validate=validate.Length(1, ID_MAX_LENGTH))

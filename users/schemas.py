@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from common.schemas import UtcTimestamp
+from common.schemas import Email, Text, UtcTimestamp
 from common.tokens import MAX_TOKEN_LENGTH
 from users.domain import (
     CURRENT_PASSWORD_REQUIRED,
@@ -25,7 +25,7 @@ def _strip(value: Any) -> Any:
 
 
 def _name(**kwargs: Any) -> fields.String:
-    return fields.String(
+    return Text(
         pre_load=_strip,
         validate=validate.Length(min=1, max=NAME_MAX_LENGTH),
         **kwargs,
@@ -33,13 +33,15 @@ def _name(**kwargs: Any) -> fields.String:
 
 
 def _password(**kwargs: Any) -> fields.String:
-    return fields.String(
-        validate=validate.Length(min=PASSWORD_MIN_LENGTH, max=PASSWORD_MAX_LENGTH), **kwargs
+    return Text(
+        controls=True,
+        validate=validate.Length(min=PASSWORD_MIN_LENGTH, max=PASSWORD_MAX_LENGTH),
+        **kwargs,
     )
 
 
 class RegisterSchema(Schema):
-    email = fields.Email(
+    email = Email(
         required=True,
         pre_load=_strip,
         post_load=normalize_email,
@@ -50,18 +52,18 @@ class RegisterSchema(Schema):
 
 
 class LoginSchema(Schema):
-    email = fields.String(
+    email = Text(
         required=True,
         post_load=normalize_email,
         validate=validate.Length(min=1, max=EMAIL_MAX_LENGTH),
     )
-    password = fields.String(
-        required=True, validate=validate.Length(min=1, max=PASSWORD_MAX_LENGTH)
+    password = Text(
+        controls=True, required=True, validate=validate.Length(min=1, max=PASSWORD_MAX_LENGTH)
     )
 
 
 class RefreshSchema(Schema):
-    refresh_token = fields.String(
+    refresh_token = Text(
         data_key="refreshToken",
         required=True,
         validate=validate.Length(min=1, max=MAX_TOKEN_LENGTH),
@@ -73,7 +75,8 @@ class UpdateProfileSchema(Schema):
 
     name = _name()
     password = _password()
-    current_password = fields.String(
+    current_password = Text(
+        controls=True,
         data_key="currentPassword",
         validate=validate.Length(min=1, max=PASSWORD_MAX_LENGTH),
     )

@@ -12,9 +12,9 @@ import mimetypes
 from functools import lru_cache
 from pathlib import Path
 
-from nameko.web.handlers import http
 from werkzeug.wrappers import Request, Response
 
+from common.web_server import http
 from gateway.http import with_request_id
 from gateway.routes import allowed_methods
 

@@ -3,9 +3,11 @@
 
 Every operation gets the document's examples, its coverage cases and a fixed number of
 generated requests, valid and invalid, each with a real bearer token so it reaches past 401
-into the services' validation: a customer's, and the admin's on the admin routes. Every
-answer must be no 5xx, with a status the document declares for that operation, and a
-content type and body that match what it declares there.
+into the services' validation: a customer's, and the admin's on the admin routes. Odd
+input is added on top (``schemathesis_hooks.py``): lone surrogates, control characters,
+integers of 4000 digits and deep nesting in bodies, and headers over the server's limit.
+Every answer must be no 5xx, with a status the document declares for that operation, and
+a content type and body that match what it declares there.
 
 The CLI runs in a subprocess, configured by a file this test writes: schemathesis's own
 pytest loader for a schema served by a fixture (``schemathesis.pytest.from_fixture``) reads
@@ -15,9 +17,12 @@ pytest loader for a schema served by a fixture (``schemathesis.pytest.from_fixtu
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +30,8 @@ from gateway import routes as R
 from tests.support import http_json
 
 SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli"]
+#: Odd input added to the generated requests.
+HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 #: Generated requests per operation in the fuzzing phase (examples and coverage add theirs).
 MAX_EXAMPLES = 20
 CHECKS = (
@@ -33,8 +40,8 @@ CHECKS = (
     "content_type_conformance",
     "response_schema_conformance",
 )
-#: A guard against a hang; the run takes a fraction of it.
-RUN_TIMEOUT = 240
+#: A guard against a hang; the run takes 3 to 4 minutes on a loaded 2-core machine.
+RUN_TIMEOUT = 600
 
 
 @pytest.fixture
@@ -89,8 +96,9 @@ def total(base: str, path: str, token: str | None = None) -> int:
 
 
 def test_schemathesis_finds_no_answer_the_document_does_not_describe(
-    gateway_url, shop_config, tmp_path
+    gateway_url, shop_config, tmp_path, caplog
 ):
+    caplog.set_level(logging.INFO, logger="common.web_server")
     email = f"schemathesis-{uuid.uuid4().hex[:8]}@example.com"
     status, _, _ = http_json(
         "POST",
@@ -131,6 +139,7 @@ def test_schemathesis_finds_no_answer_the_document_does_not_describe(
         text=True,
         timeout=RUN_TIMEOUT,
         cwd=tmp_path,
+        env=dict(os.environ, SCHEMATHESIS_HOOKS=str(HOOKS)),
     )
     assert run.returncode == 0, run.stdout + run.stderr
 
@@ -138,3 +147,5 @@ def test_schemathesis_finds_no_answer_the_document_does_not_describe(
     # customer placed orders, the admin added products; neither can be deleted.
     assert total(gateway_url, "/api/orders", customer) > 0
     assert total(gateway_url, "/api/products") > catalog
+    # The hooks' odd input reached the server: oversized headers were refused in JSON.
+    assert any("431 HEADERS_TOO_LARGE" in record.getMessage() for record in caplog.records)

@@ -590,3 +590,74 @@ def test_of_two_instances_expiring_an_order_one_wins_and_its_stock_comes_back_on
     assert sorted(given_back) == [0, 0, 0, 0, 4]
     assert mongo_db.products.find_one({"_id": "p"})["stock"] == 10
     assert store.due_to_expire(later) == []
+
+
+# -- Idempotency-Key ----------------------------------------------------------------------
+
+
+def test_duplicates_of_one_keyed_order_from_two_instances_place_it_once(shop, run_services):
+    """Ten concurrent sends of one order with one key, served by two instances: one order,
+    its stock held once, and every answer that order. Another body with the key is 409;
+    another user's equal key is theirs."""
+    from common.errors import IdempotencyKeyReused
+
+    run_services(OrdersService)  # a second instance
+    product = shop.product(stock=10)
+    buyer = token()
+    body = {"items": items((product, 2)), "shippingAddress": ADDRESS}
+
+    def send(_):
+        with shop.as_(buyer) as proxy:
+            return proxy.orders.create_order(body, idempotency_key="checkout-1")
+
+    answers = list(eventlet.GreenPool(10).imap(send, range(10)))
+    assert {answer["id"] for answer in answers} == {answers[0]["id"]}, answers
+    assert shop.db.orders.count_documents({"items.productId": product}) == 1
+    assert shop.stock(product) == 8
+    assert shop.db.products.find_one({"_id": product})["holds"] == {answers[0]["id"]: 2}
+
+    with shop.as_(buyer) as proxy:
+        with pytest.raises(IdempotencyKeyReused):
+            proxy.orders.create_order(
+                dict(body, items=items((product, 3))), idempotency_key="checkout-1"
+            )
+        # A refusal for stock keeps nothing: the key stays free for a retry.
+        with pytest.raises(InsufficientStock):
+            proxy.orders.create_order(
+                dict(body, items=items((product, 9))), idempotency_key="checkout-2"
+            )
+        retried = proxy.orders.create_order(
+            dict(body, items=items((product, 8))), idempotency_key="checkout-2"
+        )
+    assert retried["status"] == "pending" and shop.stock(product) == 0
+    with shop.as_(token()) as proxy, pytest.raises(InsufficientStock):
+        proxy.orders.create_order(body, idempotency_key="checkout-1")  # not the first user's
+
+
+def test_a_keyed_order_whose_process_died_mid_way_is_placed_once_on_retry(shop):
+    """The first attempt's process died after taking stock, before the order became
+    pending: a retry with the key fails that attempt, gives its stock back and places
+    the order; later retries return it."""
+    product = shop.product(stock=5)
+    user_id = f"user-{uuid.uuid4().hex[:8]}"
+    buyer = token(user_id)
+    body = {"items": items((product, 2)), "shippingAddress": ADDRESS}
+    with shop.as_(buyer) as proxy:
+        first = proxy.orders.create_order(body, idempotency_key="died")
+    # Make it the state a dead process leaves: still reserving, long ago, stock held.
+    shop.db.orders.update_one(
+        {"_id": first["id"]},
+        {"$set": {"status": "reserving", "createdAt": datetime.now(UTC) - timedelta(minutes=1)}},
+    )
+    assert shop.stock(product) == 3
+
+    with shop.as_(buyer) as proxy:
+        retried = proxy.orders.create_order(body, idempotency_key="died")
+        again = proxy.orders.create_order(body, idempotency_key="died")
+    assert retried["id"] != first["id"] and again["id"] == retried["id"]
+    # Failed (the recovery sweep deletes it once its holds are settled): never visible.
+    assert (shop.db.orders.find_one({"_id": first["id"]}) or {}).get("status") in ("failed", None)
+    assert shop.stock(product) == 3
+    holds = shop.db.products.find_one({"_id": product})["holds"]
+    assert holds == {retried["id"]: 2}
+    assert shop.db.orders.count_documents({"userId": user_id, "status": "pending"}) == 1

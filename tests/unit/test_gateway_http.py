@@ -4,8 +4,8 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
-from common.errors import BadRequest, PayloadTooLarge
-from gateway.http import read_json_object, with_request_id
+from common.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from gateway.http import LONE_SURROGATE_MESSAGE, read_json_object, with_request_id
 
 
 def request(data: bytes = b"", headers: dict | None = None) -> Request:
@@ -18,11 +18,34 @@ def test_a_json_object_is_the_body():
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"not json", b"{{", b"\xff\xfe\xfd", b"[1, 2]", b'"text"', b"null", b"[" * 100_000],
-)
+    [
+        b"", b"not json", b"{{", b"\xff\xfe\xfd", b"[1, 2]", b'"text"', b"null", b"[" * 100_000,
+        b'{"n": 1' + b"0" * 5000 + b"}",  # over Python's 4300 digits
+        b'{"name": "\xed\xa0\x80"}',  # a surrogate encoded in "UTF-8": not UTF-8
+    ],
+)  # fmt: skip
 def test_anything_but_a_json_object_is_400(data):
     with pytest.raises(BadRequest):
         read_json_object(request(data), limit=len(data) + 1)
+
+
+def test_strings_escaping_a_lone_surrogate_are_422_naming_each_path():
+    body = (
+        b'{"items": [{"productId": "\\ud800"}], "ok": "\\ud83d\\ude00", "\\udfffkey": 1,'
+        b' "deep": [[["\\uDBFF"]]]}'
+    )
+    with pytest.raises(ValidationFailed) as refused:
+        read_json_object(request(body))
+    assert refused.value.details == {
+        "items.0.productId": [LONE_SURROGATE_MESSAGE],
+        "\\udfffkey": [LONE_SURROGATE_MESSAGE],
+        "deep.0.0.0": [LONE_SURROGATE_MESSAGE],
+    }
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_u_are_text():
+    body = b'{"smile": "\\ud83d\\ude00", "path": "C:\\\\ud800"}'
+    assert read_json_object(request(body)) == {"smile": "\U0001f600", "path": "C:\\ud800"}
 
 
 def test_a_body_over_the_limit_is_413_whatever_it_holds():

@@ -65,6 +65,22 @@ def test_statuses_the_routes_can_answer_are_documented():
     for path in ("/api/products", "/api/orders", "/api/payments"):
         assert "422" in paths[path]["get"]["responses"], path  # a bad ?page= or ?status=
     assert "401" in paths["/api/users/refresh"]["post"]["responses"]  # a dead refresh token
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            # What the HTTP server refuses before any route: common.web_server.
+            assert {"400", "414", "431"} <= set(operation["responses"]), (method, path)
+
+
+@pytest.mark.parametrize(
+    "schema, field",
+    [("Address", "street"), ("Register", "name"), ("CreateProduct", "name"), ("Login", "email")],
+)
+def test_one_line_text_is_documented_without_control_characters(schema, field):
+    pattern = _schemas()[schema]["properties"][field]["pattern"]
+    assert re.search(pattern, "123 Main St, Seoul é 東京")
+    for control in ("\x00", "\t", "\n", "\x1b", "\x7f", "\x85"):
+        assert not re.search(pattern, f"a{control}b"), repr(control)
+    assert "pattern" not in _schemas()["Login"]["properties"]["password"]  # any text
 
 
 def test_response_objects_promise_every_field_of_the_contract():
@@ -116,10 +132,11 @@ def test_documented_card_patterns_accept_what_the_payments_service_accepts(field
         assert (re.search(pattern, value) is not None) == (check(value) is None), value
 
 
-def test_documented_idempotency_key_pattern_accepts_what_the_payments_service_accepts():
-    operation = openapi_document()["paths"]["/api/payments"]["post"]
+@pytest.mark.parametrize("path", ["/api/payments", "/api/orders"])
+def test_documented_idempotency_key_pattern_accepts_what_the_services_accept(path):
+    operation = openapi_document()["paths"][path]["post"]
     (header,) = [p for p in operation["parameters"] if p["in"] == "header"]
-    assert header["name"] == "Idempotency-Key"
+    assert header["name"] == "Idempotency-Key" and header["required"] is False
     schema = header["schema"]
     for key in IDEMPOTENCY_KEYS:
         try:

@@ -78,7 +78,8 @@ def test_placing_an_order_reserves_it_and_publishes_order_created(service):
     }
     result = service.create_order(body)
 
-    (order, created), _ = service.store.place_order.call_args
+    order, created, key, _ = service.store.place_order.call_args.args
+    assert key is None
     assert (order.user_id, order.status, order.total_cents) == ("alice", "pending", 5998)
     assert created["type"] == "order_created"
     assert created["data"] == {"orderId": order.id, "userId": "alice", "total": 5998}
@@ -330,3 +331,116 @@ def test_the_payment_check_timer_reads_its_settings_and_asks_payments_once(servi
     service.store.due_payment_checks.assert_called_once_with(NOW, NOW - timedelta(seconds=5), 3)
     service.payments.unrefunded_payments.assert_called_once_with(["order-1"])
     service.store.apply_payment.assert_not_called()
+
+
+# -- Idempotency-Key --------------------------------------------------------------------
+
+ORDER_BODY = {"items": [{"productId": "product-1", "quantity": 2}], "shippingAddress": ADDRESS}
+
+
+def keyed(status="pending", body=ORDER_BODY, created_at=None):
+    """What ``find_by_key`` finds for the key: an order placed from ``body``."""
+    from orders.domain import order_request_fingerprint
+    from orders.schemas import CreateOrderSchema
+    from orders.store import KeyedOrder
+
+    order = stored(status="pending").order
+    if created_at is not None:
+        order.created_at = created_at
+    fingerprint = order_request_fingerprint(CreateOrderSchema().load(body))
+    return KeyedOrder(order, status, fingerprint)
+
+
+def test_a_key_is_claimed_with_the_order_and_its_body_fingerprinted(service):
+    service.store.find_by_key.return_value = None
+    result = service.create_order(ORDER_BODY, idempotency_key="attempt-1")
+
+    order, _, key, fingerprint = service.store.place_order.call_args.args
+    assert (key, len(fingerprint)) == ("attempt-1", 64)
+    service.store.find_by_key.assert_called_once_with("alice", "attempt-1")
+    assert result["id"] == order.id
+
+
+def test_a_replay_returns_the_first_order_without_pricing_or_reserving_again(service):
+    first = keyed()
+    service.store.find_by_key.return_value = first
+    # The same request, written differently: the same fingerprint.
+    same = {
+        "shippingAddress": {"zipCode": " 12345", "city": "Seoul", "street": "123 Main St"},
+        "items": [{"quantity": 2, "productId": "product-1"}],
+    }
+    result = service.create_order(same, idempotency_key="attempt-1")
+
+    assert result["id"] == first.order.id
+    service.store.place_order.assert_not_called()
+    service.store.find_products.assert_not_called()
+    service.outbox.flush.assert_not_called()
+
+
+def test_the_same_key_with_another_body_is_409_and_places_nothing(service):
+    from common.errors import IdempotencyKeyReused
+
+    service.store.find_by_key.return_value = keyed()
+    other = dict(ORDER_BODY, items=[{"productId": "product-1", "quantity": 3}])
+    with pytest.raises(IdempotencyKeyReused) as reused:
+        service.create_order(other, idempotency_key="attempt-1")
+    assert list(reused.value.details) == ["Idempotency-Key"]
+    service.store.place_order.assert_not_called()
+
+
+def test_a_bad_key_is_named_with_the_bad_fields_in_one_422(service):
+    with pytest.raises(ValidationFailed) as refused:
+        service.create_order({"items": []}, idempotency_key=" spaced ")
+    assert set(refused.value.details) == {"items", "shippingAddress", "Idempotency-Key"}
+    service.store.place_order.assert_not_called()
+
+
+def test_a_duplicate_that_loses_the_race_returns_the_winners_order(service):
+    from orders.store import IdempotencyKeyTaken
+
+    winner = keyed()
+    # Free when first looked at; taken at the insert; the winner's order then.
+    service.store.find_by_key.side_effect = [None, winner]
+    service.store.place_order.side_effect = IdempotencyKeyTaken("alice")
+    result = service.create_order(ORDER_BODY, idempotency_key="attempt-1")
+
+    assert result["id"] == winner.order.id
+    assert service.store.place_order.call_count == 1
+    service.outbox.flush.assert_not_called()
+
+
+def test_a_duplicate_waits_for_a_first_still_reserving(service):
+    reserving = keyed(status="reserving", created_at=MongoStore.now())
+    service.store.find_by_key.side_effect = [reserving, reserving, keyed()]
+    result = service.create_order(ORDER_BODY, idempotency_key="attempt-1")
+    assert result["id"] == reserving.order.id
+    service.store.place_order.assert_not_called()
+
+
+def test_a_first_still_reserving_after_the_wait_is_503_with_retry_after(service, monkeypatch):
+    from functools import partial
+
+    from common.errors import ServiceUnavailable
+    from orders import service as orders_service
+
+    quick = partial(orders_service.OrderPlacing, wait_seconds=0.05)
+    monkeypatch.setattr(orders_service, "OrderPlacing", quick)
+    service.store.find_by_key.return_value = keyed("reserving", created_at=MongoStore.now())
+    with pytest.raises(ServiceUnavailable) as busy:
+        service.create_order(ORDER_BODY, idempotency_key="attempt-1")
+    assert busy.value.retry_after == 1
+    service.store.place_order.assert_not_called()
+
+
+def test_a_reservation_its_process_abandoned_is_failed_its_stock_given_back_and_placed_anew(
+    service,
+):
+    abandoned = keyed("reserving", created_at=MongoStore.now() - timedelta(minutes=1))
+    service.store.find_by_key.side_effect = [abandoned, None]
+    service.store.abandon_reservation.return_value = True
+    result = service.create_order(ORDER_BODY, idempotency_key="attempt-1")
+
+    service.store.abandon_reservation.assert_called_once_with(abandoned.order.id)
+    service.store.settle_holds.assert_called_once_with(abandoned.order.id)
+    order = service.store.place_order.call_args.args[0]
+    assert result["id"] == order.id != abandoned.order.id
