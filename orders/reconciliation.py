@@ -123,11 +123,11 @@ class PaymentCheck:
         """Check up to ``limit`` pending orders older than ``grace`` that are due; how
         many were marked paid now."""
         now = self.now()
-        due = self.store.due_payment_checks(now, now - grace, limit)
+        due = self.store.due_payment_checks(now - grace, limit)
         claimed = [
             order_id
             for order_id, due_at in due
-            if self.store.claim_payment_check(order_id, due_at, now + grace)
+            if self.store.claim_payment_check(order_id, due_at, now)
         ]
         if not claimed:
             return 0

@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 
 PRODUCTS = "products"
 ORDERS = "orders"
-#: When a pending order is next due a payment check (orders.reconciliation); absent
-#: until its first check.
+#: On a pending order only: when payments was last asked about it (its creation until the
+#: first check; orders.reconciliation). Unset once it leaves pending, so the sweep's
+#: sparse index holds the pending orders alone, whatever the number of orders.
 PAYMENT_CHECK_FIELD = "paymentCheckAt"
 #: On an order: an item edit under way, and when it started (the sweep's index).
 EDIT_PLAN = "editPlan"
@@ -78,11 +79,8 @@ INDEXES = {
         IndexModel([("userId", ASCENDING), ("createdAt", DESCENDING)]),
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)]),
         IndexModel([("createdAt", DESCENDING), ("_id", DESCENDING)]),
-        # orders.reconciliation: pending orders due a payment check, never all of them.
-        IndexModel(
-            [("status", ASCENDING), (PAYMENT_CHECK_FIELD, ASCENDING), ("createdAt", ASCENDING)],
-            name="payment_checks",
-        ),
+        # orders.reconciliation: the pending orders due a payment check, never all orders.
+        IndexModel([(PAYMENT_CHECK_FIELD, ASCENDING)], sparse=True, name="payment_checks"),
         # Sparse, top-level: the embedded server serves these from the index.
         IndexModel([(EDIT_STARTED_AT, ASCENDING)], sparse=True, name="edits_under_way"),
         IndexModel([(SETTLE_DUE_AT, ASCENDING)], sparse=True, name="holds_to_settle"),
@@ -250,7 +248,10 @@ class OrdersStore(MongoStore):
             raise
         activated = self.orders.update_one(
             {"_id": order.id, "status": RESERVING},
-            with_events({"$set": {"status": PENDING}}, created_event),
+            with_events(
+                {"$set": {"status": PENDING, PAYMENT_CHECK_FIELD: order.created_at}},
+                created_event,
+            ),
         )
         if not activated.modified_count:
             # The recovery sweep gave up on us (we were far too slow): undo our holds.
@@ -269,6 +270,8 @@ class OrdersStore(MongoStore):
         if stock_kept(order.status, order.items) is not None:
             fields[SETTLE_DUE_AT] = self.now()
         update: dict[str, Any] = {"$set": fields, "$inc": {"version": 1}}
+        if order.status != PENDING:
+            update["$unset"] = {PAYMENT_CHECK_FIELD: ""}
         if events:
             update = with_events(update, *events)
         result = self.orders.update_one(
@@ -480,6 +483,7 @@ class OrdersStore(MongoStore):
                     "paymentId": order.payment_id,
                     "updatedAt": order.updated_at,
                 },
+                "$unset": {PAYMENT_CHECK_FIELD: ""},
                 "$inc": {"version": 1},
             },
             paid_event,
@@ -506,41 +510,35 @@ class OrdersStore(MongoStore):
     # -- reconciliation with payments (orders.reconciliation) ---------------------------
 
     def due_payment_checks(
-        self, now: datetime, created_before: datetime, limit: int
-    ) -> list[tuple[str, datetime | None]]:
-        """Pending orders due a payment check, with the due time a claim compares: those
-        never checked and created before ``created_before`` (oldest first), then those
-        whose next check is due by ``now``. Both queries run on index ``payment_checks``
-        (``{field: None}`` also matches a missing field), at most ``limit`` in all."""
-        never = self.orders.find(
-            {"status": PENDING, PAYMENT_CHECK_FIELD: None, "createdAt": {"$lte": created_before}},
-            {"_id": 1},
-            sort=[("createdAt", ASCENDING)],
+        self, checked_before: datetime, limit: int
+    ) -> list[tuple[str, datetime]]:
+        """Pending orders last checked (or created) before ``checked_before``, oldest
+        first, at most ``limit``, with the time a claim compares. One range on the
+        sparse index ``payment_checks``, which only pending orders are in."""
+        due = self.orders.find(
+            {PAYMENT_CHECK_FIELD: {"$lt": checked_before}},
+            {PAYMENT_CHECK_FIELD: 1},
+            sort=[(PAYMENT_CHECK_FIELD, ASCENDING)],
             limit=limit,
         )
-        due: list[tuple[str, datetime | None]] = [(doc["_id"], None) for doc in never]
-        if len(due) < limit:
-            again = self.orders.find(
-                {"status": PENDING, PAYMENT_CHECK_FIELD: {"$lte": now}},
-                {PAYMENT_CHECK_FIELD: 1},
-                sort=[(PAYMENT_CHECK_FIELD, ASCENDING)],
-                limit=limit - len(due),
-            )
-            due.extend((doc["_id"], doc[PAYMENT_CHECK_FIELD]) for doc in again)
-        return due
+        return [(doc["_id"], doc[PAYMENT_CHECK_FIELD]) for doc in due]
 
-    def claim_payment_check(
-        self, order_id: str, due_at: datetime | None, next_at: datetime
-    ) -> bool:
-        """Take the check of a pending order found due at ``due_at`` (None: never
-        checked), making the next one due at ``next_at``; False when another instance
-        took it, or the order moved on, since it was read. Leaves ``version`` alone: a
-        check is no change a client's edit should retry for."""
+    def claim_payment_check(self, order_id: str, due_at: datetime, checked_at: datetime) -> bool:
+        """Take the check of a pending order found due at ``due_at``, recording it as
+        checked at ``checked_at``; False when another instance took it, or the order
+        moved on, since it was read (one that left pending leaves the index here).
+        Leaves ``version`` alone: a check is no change a client's edit should retry for."""
         result = self.orders.update_one(
             {"_id": order_id, "status": PENDING, PAYMENT_CHECK_FIELD: due_at},
-            {"$set": {PAYMENT_CHECK_FIELD: next_at}},
+            {"$set": {PAYMENT_CHECK_FIELD: checked_at}},
         )
-        return result.modified_count == 1
+        if result.modified_count == 1:
+            return True
+        self.orders.update_one(
+            {"_id": order_id, "status": {"$ne": PENDING}, PAYMENT_CHECK_FIELD: due_at},
+            {"$unset": {PAYMENT_CHECK_FIELD: ""}},
+        )
+        return False
 
 
 class OrdersDatabase(Mongo):

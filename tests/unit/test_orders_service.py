@@ -324,11 +324,11 @@ def test_the_payment_check_timer_reads_its_settings_and_asks_payments_once(servi
     )
     service.store.now.side_effect = None
     service.store.now.return_value = NOW
-    service.store.due_payment_checks.return_value = [("order-1", None)]
+    service.store.due_payment_checks.return_value = [("order-1", NOW - timedelta(seconds=9))]
     service.store.claim_payment_check.return_value = True
     service.payments.unrefunded_payments.return_value = {}
     service.reconcile_payments()
-    service.store.due_payment_checks.assert_called_once_with(NOW, NOW - timedelta(seconds=5), 3)
+    service.store.due_payment_checks.assert_called_once_with(NOW - timedelta(seconds=5), 3)
     service.payments.unrefunded_payments.assert_called_once_with(["order-1"])
     service.store.apply_payment.assert_not_called()
 

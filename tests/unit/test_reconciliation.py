@@ -156,7 +156,10 @@ def payment_check(orders_store, unrefunded, registry_report=None):
 
 
 def test_orders_asks_about_the_orders_it_claimed_and_marks_the_paid_ones_paid(orders_store):
-    orders_store.due_payment_checks.return_value = [("o-1", None), ("o-2", NOW), ("o-3", None)]
+    created, checked = NOW - 2 * GRACE, NOW - GRACE - GRACE / 2
+    orders_store.due_payment_checks.return_value = [
+        ("o-1", created), ("o-2", checked), ("o-3", created)
+    ]  # fmt: skip
     orders_store.claim_payment_check.side_effect = [True, False, True]  # o-2: other instance
     asked = []
 
@@ -168,10 +171,9 @@ def test_orders_asks_about_the_orders_it_claimed_and_marks_the_paid_ones_paid(or
     check, settle = payment_check(orders_store, unrefunded, report)
     assert check.sweep(GRACE, 10) == 1
 
-    orders_store.due_payment_checks.assert_called_once_with(NOW, NOW - GRACE, 10)
+    orders_store.due_payment_checks.assert_called_once_with(NOW - GRACE, 10)
     claims = [call.args for call in orders_store.claim_payment_check.call_args_list]
-    assert claims == [("o-1", None, NOW + GRACE), ("o-2", NOW, NOW + GRACE),
-                      ("o-3", None, NOW + GRACE)]  # fmt: skip
+    assert claims == [("o-1", created, NOW), ("o-2", checked, NOW), ("o-3", created, NOW)]
     assert asked == [["o-1", "o-3"]]  # one call for the batch, only what it claimed
     # Only o-1: o-2 is the other instance's, o-9 was never asked about.
     settle.settle.assert_called_once_with("o-1", "pay-1", "reconcile-pay-1")
@@ -179,7 +181,7 @@ def test_orders_asks_about_the_orders_it_claimed_and_marks_the_paid_ones_paid(or
 
 
 def test_orders_counts_only_what_it_changed(orders_store):
-    orders_store.due_payment_checks.return_value = [("o-1", None)]
+    orders_store.due_payment_checks.return_value = [("o-1", NOW - GRACE)]
     orders_store.claim_payment_check.return_value = True
     report, registry = repairs_counted()
     check, settle = payment_check(orders_store, lambda ids: {"o-1": "pay-1"}, report)
@@ -191,7 +193,7 @@ def test_orders_counts_only_what_it_changed(orders_store):
 def test_orders_leaves_everything_to_the_next_check_when_payments_does_not_answer(
     orders_store,
 ):
-    orders_store.due_payment_checks.return_value = [("o-1", None)]
+    orders_store.due_payment_checks.return_value = [("o-1", NOW - GRACE)]
     orders_store.claim_payment_check.return_value = True
 
     def unrefunded(order_ids):
