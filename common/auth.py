@@ -22,6 +22,7 @@ from nameko.constants import AUTH_TOKEN_CONTEXT_KEY
 from nameko.extensions import DependencyProvider, SharedExtension
 
 from common.errors import Forbidden, Unauthorized
+from common.redis_commands import DirectCommands
 from common.settings import Setting, Settings, text
 from common.tokens import (
     ACCESS_TOKEN,
@@ -70,6 +71,8 @@ class RevocationList:
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_REDIS_KEY_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
+        #: The check every authenticated call makes, without redis-py's command layers.
+        self.direct = DirectCommands(client)
 
     def _token_key(self, jti: str) -> str:
         return f"{self.prefix}revoked-token:{jti}"
@@ -91,7 +94,7 @@ class RevocationList:
 
     def is_revoked(self, claims: dict[str, Any]) -> bool:
         """Whether the token with these (verified) claims was revoked; one round trip."""
-        return self.client.exists(*self.keys(claims)) > 0
+        return self.direct.command("EXISTS", *self.keys(claims)) > 0
 
     def _remember(self, key: str, expires_at: int) -> None:
         if expires_at > time.time():
@@ -179,6 +182,7 @@ class Authentication(SharedExtension):
         self.revocations = RevocationList(self.redis, self.settings.redis_key_prefix)
 
     def stop(self) -> None:
+        self.revocations.direct.close()
         self.redis.close()
 
     kill = stop
