@@ -17,6 +17,7 @@ from common.config import ConfigLoader, load_config, merge_config
 from common.event_handlers import EventRetrySettings
 from common.mongo import Mongo, MongoSettings
 from common.settings import Settings, SettingsProvider
+from devtools.run import RunSettings
 from gateway.edge import GatewaySettings
 from orders.service import OrdersSettings
 from payments.service import PaymentsSettings
@@ -50,6 +51,7 @@ DECLARATIONS = (
     OrdersSettings,
     PaymentsSettings,
     EventRetrySettings,
+    RunSettings,
 )
 
 TRICKY = textwrap.dedent(
