@@ -7,7 +7,9 @@
    every service logs it, and echoed on the response;
 2. the rate limit per client IP (and per account for logins), shared through Redis;
 3. authentication (401) and role (403) for non-public routes; the verified token is
-   forwarded in context data and each service verifies it again;
+   forwarded in context data and each service verifies it again. The token's signature
+   is checked before step 2 so that one Redis round trip counts the request and asks
+   whether the token was revoked; a 429 still comes before a 401;
 4. the body (413, 400), then the RPC call through the target service's circuit breaker
    (503 while open) and timeout (504);
 5. every error through one table (:mod:`gateway.errors`), one JSON log line per request.
