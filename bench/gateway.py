@@ -309,6 +309,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--orders", type=int, default=0, help="seed N pending orders first")
     parser.add_argument(
+        "--gateway-processes", type=int, default=1,
+        help="gateways sharing the port, as GATEWAY_PROCESSES (1); their CPU is summed",
+    )  # fmt: skip
+    parser.add_argument(
         "--idle", type=float, default=20.0, help="seconds of idle CPU reading (20; 0: none)"
     )
     parser.add_argument(
@@ -402,7 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.cpu_profile is not None:
                 args.cpu_profile = args.cpu_profile.resolve()
                 args.cpu_profile.mkdir(parents=True, exist_ok=True)
-            stack = Stack(log=progress, cpu_profile=args.cpu_profile).start()
+            stack = Stack(
+                log=progress,
+                cpu_profile=args.cpu_profile,
+                gateway_processes=args.gateway_processes,
+            ).start()
             pids, base_url, mongo_uri = stack.pids, stack.url, stack.mongo_uri
         results, idle = run(args, base_url, pids, mongo_uri)
     except KeyboardInterrupt:
@@ -413,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [name for name in PROCESSES if name in pids]
     print(f"# bench/gateway.py: {args.connections} connections, {args.threads} wrk thread(s), "
           f"{args.duration:g} s per path after {args.warmup:g} s warm-up; "
-          f"{args.orders} seeded orders; {os.cpu_count()} CPUs; "
+          f"{args.orders} seeded orders; {args.gateway_processes} gateway process(es); "
+          f"{os.cpu_count()} CPUs; "
           f"load average before {load_before}, after {load_average()}")  # fmt: skip
     print("\n".join(report(results, idle, names)))
     return 0

@@ -71,8 +71,12 @@ def _die_with_parent() -> None:
 class Stack:
     """Servers and service processes of one bench run; ``pids`` names what to measure."""
 
-    def __init__(self, log=print, cpu_profile: Path | None = None) -> None:
+    def __init__(
+        self, log=print, cpu_profile: Path | None = None, gateway_processes: int = 1
+    ) -> None:
         self.log = log
+        #: Gateways sharing one address (``bench.gateway_group``), measured as one.
+        self.gateway_processes = gateway_processes
         #: When set, every service runs under ``bench.gateway_cpuprofile``, saving here.
         self.cpu_profile = cpu_profile
         self.workdir = Path(tempfile.mkdtemp(prefix="shop-gateway-bench-"))
@@ -109,6 +113,9 @@ class Stack:
             if self.cpu_profile is not None:
                 output = self.cpu_profile / f"{name}.pstat"
                 argv = [sys.executable, "-m", "bench.gateway_cpuprofile", str(output), *argv]
+            if name == "gateway" and self.gateway_processes > 1:
+                group = [sys.executable, "-m", "bench.gateway_group", str(self.gateway_processes)]
+                argv = [*group, *argv]
             with open(self.workdir / f"{name}.log", "ab") as log:
                 self.processes[name] = subprocess.Popen(  # noqa: S603 - the Procfile's argv
                     argv,

@@ -23,6 +23,7 @@ from nameko.extensions import DependencyProvider, SharedExtension
 
 from common.errors import Forbidden, Unauthorized
 from common.redis_clients import client_for, unavailable_as_503
+from common.redis_commands import DirectCommands
 from common.settings import Setting, Settings, text
 from common.tokens import (
     ACCESS_TOKEN,
@@ -76,6 +77,8 @@ class RevocationList:
     def __init__(self, client: redis.Redis, prefix: str = DEFAULT_REDIS_KEY_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
+        #: The check every authenticated call makes, without redis-py's command layers.
+        self.direct = DirectCommands(client)
 
     def _token_key(self, jti: str) -> str:
         return f"{self.prefix}revoked-token:{jti}"
@@ -91,11 +94,14 @@ class RevocationList:
         """Refuse every token of session ``sid`` issued so far, until ``expires_at``."""
         self._remember(self._session_key(sid), expires_at)
 
+    def keys(self, claims: dict[str, Any]) -> list[str]:
+        """The keys whose existence revokes the token with these (verified) claims."""
+        return [self._token_key(claims["jti"]), self._session_key(claims["sid"])]
+
     def is_revoked(self, claims: dict[str, Any]) -> bool:
         """Whether the token with these (verified) claims was revoked; one round trip."""
-        keys = [self._token_key(claims["jti"]), self._session_key(claims["sid"])]
         with unavailable_as_503(REVOCATION_STORE):
-            return self.client.exists(*keys) > 0
+            return self.direct.command("EXISTS", *self.keys(claims)) > 0
 
     def _remember(self, key: str, expires_at: int) -> None:
         if expires_at > time.time():
@@ -119,10 +125,21 @@ class Caller:
 def authenticate(token: str | None, verifier: TokenVerifier, revocations: RevocationList) -> Caller:
     """The caller of an access token: ``Unauthorized`` when it is missing, does not verify
     (signature, algorithm, issuer, type, expiry) or was revoked."""
+    claims = verify_access_token(token, verifier)
+    return caller_of(claims, revoked=revocations.is_revoked(claims))
+
+
+def verify_access_token(token: str | None, verifier: TokenVerifier) -> dict[str, Any]:
+    """:func:`authenticate` up to the revocation check: the verified claims of ``token``."""
     if not token:
         raise Unauthorized(AUTHENTICATION_REQUIRED)
-    claims = verifier.verify(token, ACCESS_TOKEN)
-    if revocations.is_revoked(claims):
+    return verifier.verify(token, ACCESS_TOKEN)
+
+
+def caller_of(claims: dict[str, Any], *, revoked: bool) -> Caller:
+    """:func:`authenticate`'s end, for whoever asked about revocation itself (the gateway
+    asks together with its rate limit): the caller, or ``Unauthorized`` if revoked."""
+    if revoked:
         raise Unauthorized(TOKEN_REVOKED)
     return Caller(user_id=claims["sub"], role=claims["role"], claims=claims)
 
@@ -176,6 +193,7 @@ class Authentication(SharedExtension):
         self.revocations = RevocationList(self.redis, self.settings.redis_key_prefix)
 
     def stop(self) -> None:
+        self.revocations.direct.close()
         self.redis.close()
 
     kill = stop

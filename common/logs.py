@@ -18,40 +18,61 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-import uuid
-from datetime import UTC, datetime
+import time
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from eventlet import corolocal
+from greenlet import getcurrent
 from nameko.extensions import DependencyProvider
 
 REQUEST_ID_CONTEXT_KEY = "request_id"
 
-_local = corolocal.local()
+#: Green thread (or thread: each has its own greenlet) -> (request id, service). A weak
+#: dictionary of our own rather than eventlet's ``corolocal.local``, whose every
+#: attribute read swaps the object's ``__dict__`` (5-15 us; a request reads it ten times).
+_bound: WeakKeyDictionary[Any, tuple[str | None, str | None]] = WeakKeyDictionary()
 
 #: LogRecord attributes that are not "extra" fields.
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
+# What no line of ours shows is not gathered for each record (the logging HOWTO's
+# "Optimization"): the caller's file and line (a stack walk), thread, process and
+# multiprocessing names. A third of a record's cost; the gateway logs one per request.
+logging._srcfile = None
+logging.logThreads = False
+logging.logProcesses = False
+logging.logMultiprocessing = False
+
 
 def current_request_id() -> str | None:
     """The request id of the worker running in this green thread, if any."""
-    return getattr(_local, "request_id", None)
+    bound = _bound.get(getcurrent())
+    return bound[0] if bound is not None else None
 
 
 def current_service() -> str | None:
     """The name of the service whose worker runs in this green thread, if any."""
-    return getattr(_local, "service", None)
+    bound = _bound.get(getcurrent())
+    return bound[1] if bound is not None else None
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` gives, built
+    without the ``UUID`` object (a third of the cost: one per request at the gateway)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def bind_request(request_id: str | None, service: str | None) -> None:
     """Make this green thread's log lines carry ``request_id`` and ``service``."""
-    _local.request_id = request_id
-    _local.service = service
+    if request_id is None and service is None:
+        _bound.pop(getcurrent(), None)
+    else:
+        _bound[getcurrent()] = (request_id, service)
 
 
 class RequestContext(DependencyProvider):
@@ -96,9 +117,23 @@ _SECRET_PATTERNS = [
 ]
 
 
+#: What each of ``_SECRET_PATTERNS`` needs to find anything (a regex scan of a log line
+#: costs 5-20 us; these cost 1-3 us): "eyJ"; 13 digits, spaces or hyphens in a row;
+#: one of the key words, in any case.
+_TOKEN_HINT = "eyJ"
+_CARD_HINT = re.compile(r"[\d -]{13,}")
+_KEY_HINTS = ("password", "cvv", "authorization", "refreshtoken", "accesstoken")
+
+
 def mask_secrets(text: str) -> str:
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
+    token, card, keyed = _SECRET_PATTERNS
+    if _TOKEN_HINT in text:
+        text = token[0].sub(token[1], text)
+    if _CARD_HINT.search(text) is not None:
+        text = card[0].sub(card[1], text)
+    lowered = text.lower()
+    if any(hint in lowered for hint in _KEY_HINTS):
+        text = keyed[0].sub(keyed[1], text)
     return text
 
 
@@ -107,9 +142,8 @@ class SecretsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask_secrets(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        # The message is kept formatted (and masked): the formatter does not format it again.
+        record.msg, record.args = mask_secrets(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -118,25 +152,36 @@ class SecretsFilter(logging.Filter):
         return True
 
 
+_encode_json = json.JSONEncoder(default=str).encode
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, service, request id, extras."""
 
+    #: (second, its "YYYY-MM-DDTHH:MM:SS" in UTC): most records share their second.
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": self._time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
             "service": current_service(),
             "request_id": getattr(record, "request_id", None) or current_request_id(),
         }
-        for name, value in vars(record).items():
+        for name, value in record.__dict__.items():
             if name not in _STANDARD_ATTRIBUTES and name not in entry:
                 entry[name] = value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return json.dumps(entry, default=str)
+        return _encode_json(entry)
+
+    def _time(self, record: logging.LogRecord) -> str:
+        """ISO 8601 in UTC to the millisecond, ``2026-12-04T17:00:00.123Z``."""
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{self._second[1]}.{int(record.msecs):03d}Z"

@@ -8,6 +8,7 @@ id), ``role``, ``type`` (``access`` or ``refresh``), ``jti`` (the token's own id
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -170,8 +171,22 @@ class TokenIssuer(_SigningKey):
         return jwt.encode(dict(claims), self._secret, algorithm=JWT_ALGORITHM)
 
 
+#: Seconds a token whose signature verified is remembered as verified (per process).
+VERIFIED_TOKEN_SECONDS = 30.0
+#: Tokens remembered at most; past it the memory starts again from empty.
+VERIFIED_TOKEN_LIMIT = 10_000
+
+
 class TokenVerifier(_SigningKey):
-    """Checks a token's signature, algorithm, issuer, type, times and claims."""
+    """Checks a token's signature, algorithm, issuer, type, times and claims.
+
+    Decoding a token and checking its signature costs more than the rest of a
+    request's checks together, and a client sends the same token again and again: the
+    decoded claims of a token that verified are remembered for
+    ``VERIFIED_TOKEN_SECONDS`` (keyed by the whole token, so a changed byte is a
+    different token). Everything that can change with time is checked on every call:
+    expiry, type and claims here; revocation is the caller's (:mod:`common.auth`).
+    """
 
     def __init__(
         self,
@@ -187,6 +202,8 @@ class TokenVerifier(_SigningKey):
         self._jwt = jwt.PyJWT(
             options={"verify_exp": False, "verify_iat": False, "verify_nbf": False}
         )
+        #: token -> (its decoded claims, monotonic time until which they are trusted)
+        self._verified: dict[str, tuple[dict[str, Any], float]] = {}
 
     def verify(self, token: str, expected_type: str) -> dict[str, Any]:
         """The token's claims, or ``Unauthorized`` saying what is wrong with it."""
@@ -194,6 +211,19 @@ class TokenVerifier(_SigningKey):
             raise ValueError(f"unknown token type {expected_type!r}")
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("Invalid token.")
+        remembered = self._verified.get(token)
+        if remembered is not None and remembered[1] > time.monotonic():
+            claims = dict(remembered[0])
+        else:
+            claims = self._decode(token)
+            if len(self._verified) >= VERIFIED_TOKEN_LIMIT:
+                self._verified.clear()
+            self._verified[token] = (dict(claims), time.monotonic() + VERIFIED_TOKEN_SECONDS)
+        self._check_claims(claims, expected_type)
+        return claims
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        """The claims of a token with a good signature, algorithm and issuer."""
         try:
             if jwt.get_unverified_header(token).get("alg") != JWT_ALGORITHM:
                 raise Unauthorized("Invalid token.")
@@ -206,7 +236,6 @@ class TokenVerifier(_SigningKey):
             )
         except jwt.InvalidTokenError as error:
             raise Unauthorized("Invalid token.") from error
-        self._check_claims(claims, expected_type)
         return claims
 
     def _check_claims(self, claims: dict[str, Any], expected_type: str) -> None:

@@ -13,6 +13,12 @@ and its exit code is returned.
 
 The embedded valkey keeps its append-only file in ``var/redis`` and the embedded
 MongoDB its data in ``var/mongo`` (``--data-dir`` moves both).
+
+``GATEWAY_PROCESSES=N`` (:class:`RunSettings`) runs the Procfile's ``gateway`` N times
+(``gateway.1`` ... ``gateway.N``): each binds the same address, which eventlet opens with
+``SO_REUSEPORT``, so the kernel spreads connections over them. Rate limits, revocations
+and the broker are shared through Redis; each process keeps its own breakers and
+metrics (docs/running.md).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
 from common.broker_durability import probe
+from common.settings import Setting, Settings, positive_int
 from common.uris import redact_uri
 from devtools.embedded import EmbeddedServerError, resolve_broker_url, resolve_mongo_uri
 
@@ -41,6 +48,36 @@ DEFAULT_DATA_DIR = "var"
 PRINTER_NAME = "devrun"
 #: Exit code after Ctrl-C, as a shell reports it.
 SIGINT_EXIT_CODE = 130
+
+
+#: The Procfile's process that GATEWAY_PROCESSES multiplies.
+GATEWAY_PROCESS = "gateway"
+
+
+class RunSettings(Settings):
+    """What the run command itself reads from the environment."""
+
+    gateway_processes = Setting(
+        "GATEWAY_PROCESSES",
+        positive_int,
+        1,
+        "Gateway processes the run command starts, sharing its port (SO_REUSEPORT).",
+    )
+
+
+def with_gateway_processes(processes: Mapping[str, str], count: int) -> dict[str, str]:
+    """``processes`` with the gateway run ``count`` times, as ``gateway.1``...; the same
+    command each time: they share the address in ``config.yml``."""
+    if count <= 1 or GATEWAY_PROCESS not in processes:
+        return dict(processes)
+    expanded: dict[str, str] = {}
+    for name, command in processes.items():
+        if name == GATEWAY_PROCESS:
+            for number in range(1, count + 1):
+                expanded[f"{name}.{number}"] = command
+        else:
+            expanded[name] = command
+    return expanded
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -107,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     procfile = Path(args.procfile).resolve()
     root = procfile.parent
-    processes = read_procfile(procfile)
+    run_settings = RunSettings.read(os.environ)
+    processes = with_gateway_processes(read_procfile(procfile), run_settings.gateway_processes)
     data_dir = root / args.data_dir
 
     printer = Printer(sys.stdout)

@@ -7,7 +7,9 @@
    every service logs it, and echoed on the response;
 2. the rate limit per client IP (and per account for logins), shared through Redis;
 3. authentication (401) and role (403) for non-public routes; the verified token is
-   forwarded in context data and each service verifies it again;
+   forwarded in context data and each service verifies it again. The token's signature
+   is checked before step 2 so that one Redis round trip counts the request and asks
+   whether the token was revoked; a 429 still comes before a 401;
 4. the body (413, 400), then the RPC call through the target service's bulkhead (503
    when its share of the workers is taken), circuit breaker (503 while open) and
    timeout (504);
@@ -26,8 +28,8 @@ from nameko.constants import AUTH_TOKEN_CONTEXT_KEY
 from nameko.extensions import DependencyProvider
 from werkzeug.wrappers import Request, Response
 
-from common.auth import Authentication, Caller, admin_only, authenticate
-from common.errors import InternalError, ShopError
+from common.auth import Authentication, Caller, admin_only, caller_of, verify_access_token
+from common.errors import InternalError, ShopError, Unauthorized
 from common.logs import REQUEST_ID_CONTEXT_KEY, bind_request, new_request_id
 from common.settings import Setting, Settings, positive_int, positive_number, whole_number
 from gateway.breaker import CircuitBreaker
@@ -144,9 +146,25 @@ class EdgeRequest:
         caller: Caller | None = None
         try:
             settings = self.edge.settings
-            self.edge.limiter.hit("ip", request.remote_addr or "-", settings.ip_limit)
+            token = claims = refused = None
             if route.access != PUBLIC:
-                caller = self._authenticate(request, route)
+                # Verified before the limit is counted, so that one Redis round trip
+                # asks both; a refusal still waits until the limit has had its say.
+                token = bearer_token(request)
+                try:
+                    claims = verify_access_token(token, self.edge.authentication.verifier)
+                except Unauthorized as exc:
+                    refused = exc
+            revoked = self.edge.limiter.hit(
+                "ip",
+                request.remote_addr or "-",
+                settings.ip_limit,
+                self.edge.authentication.revocations.keys(claims) if claims else (),
+            )
+            if route.access != PUBLIC:
+                if refused is not None:
+                    raise refused
+                caller = self._admit(token, claims, revoked, route)
             body = read_json_object(request, settings.max_body_bytes) if route.has_body else None
             if route is LOGIN and isinstance(body.get("email"), str):
                 account = body["email"].strip().lower()
@@ -164,12 +182,10 @@ class EdgeRequest:
         self.edge.observe(request, route, response, time.monotonic() - started, caller)
         return response
 
-    def _authenticate(self, request: Request, route: Route) -> Caller:
+    def _admit(self, token: str, claims: dict, revoked: bool, route: Route) -> Caller:
         """The services' own check (:func:`common.auth.authenticate`), made here first so
         a bad token costs no RPC; the token then goes on in context data."""
-        token = bearer_token(request)
-        checks = self.edge.authentication
-        caller = authenticate(token, checks.verifier, checks.revocations)
+        caller = caller_of(claims, revoked=revoked)
         if route.access == ADMIN:
             admin_only(caller)
         self.worker_ctx.data[AUTH_TOKEN_CONTEXT_KEY] = token
@@ -204,6 +220,13 @@ class Edge(DependencyProvider):
     def start(self) -> None:
         checks = self.authentication
         self.limiter = RateLimiter(checks.redis, checks.settings.redis_key_prefix)
+
+    def stop(self) -> None:
+        limiter = getattr(self, "limiter", None)  # None when killed before it started
+        if limiter is not None:
+            limiter.close()
+
+    kill = stop
 
     def observe(
         self, request: Request, route: Route, response: Response, seconds: float, caller

@@ -44,9 +44,20 @@ class GatewayMetrics:
             registry=self.registry,
         )  # fmt: skip
 
+        #: (route name, status) -> its request counter and latency histogram: ``labels()``
+        #: looks them up under a lock and checks the label values on every call.
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
     def observe(self, route: Route, status: int, seconds: float) -> None:
-        self.requests.labels(route.method, route.path, str(status)).inc()
-        self.latency.labels(route.method, route.path).observe(seconds)
+        children = self._children.get((route.name, status))
+        if children is None:
+            children = (
+                self.requests.labels(route.method, route.path, str(status)),
+                self.latency.labels(route.method, route.path),
+            )
+            self._children[(route.name, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self, queue_depths: Callable[[], Mapping[str, int]] | None = None) -> bytes:
         for name, breaker in self.breakers.items():

@@ -60,6 +60,15 @@ from orders.store import ConcurrentChange, OrdersDatabase, StoredOrder
 
 log = logging.getLogger(__name__)
 
+# The schemas, built once: building one (fields, nested schemas, hooks) costs more than
+# loading or dumping with it, and loading and dumping leave a schema as it was.
+PAGE_QUERY = PageQuerySchema()
+PRODUCT, PRODUCTS = ProductSchema(), ProductSchema(many=True)
+CREATE_PRODUCT, UPDATE_PRODUCT = CreateProductSchema(), UpdateProductSchema()
+ORDER, ORDERS = OrderSchema(), OrderSchema(many=True)
+CREATE_ORDER, UPDATE_ORDER = CreateOrderSchema(), UpdateOrderSchema()
+ORDER_LIST_QUERY = OrderListQuerySchema()
+
 EXPIRY_SWEEP_SECONDS = 1
 OUTBOX_RELAY_SECONDS = 5
 RECOVERY_SWEEP_SECONDS = 10
@@ -127,22 +136,22 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
     @rpc(expected_exceptions=ShopError)
     def list_products(self, page: Any = 1, limit: Any = 20) -> dict:
         """``{items: [product], page, limit, total}``, newest first; no token needed."""
-        query = load_query(PageQuerySchema(), page=page, limit=limit)
+        query = load_query(PAGE_QUERY, page=page, limit=limit)
         products, total = self.store.list_products(query["page"], query["limit"])
-        return page_body(ProductSchema(many=True).dump(products), query, total)
+        return page_body(PRODUCTS.dump(products), query, total)
 
     @rpc(expected_exceptions=ShopError)
     def get_product(self, product_id: str) -> dict:
         product = self.store.get_product(product_id) if isinstance(product_id, str) else None
         if product is None:
             raise NotFound(f"No product {product_id}.")
-        return ProductSchema().dump(product)
+        return PRODUCT.dump(product)
 
     @rpc(expected_exceptions=ShopError)
     def create_product(self, body: Any) -> dict:
         """Admin: ``{id?, name, price, stock}`` -> the product (201)."""
         self.auth.require_admin()
-        data = load(CreateProductSchema(), body)
+        data = load(CREATE_PRODUCT, body)
         product = Product(
             id=data.get("id") or _new_id(),
             name=data["name"],
@@ -151,19 +160,19 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         )
         if not self.store.insert_product(product, self.store.now()):
             raise ValidationFailed.for_field("id", f"A product {product.id} already exists.")
-        return ProductSchema().dump(product)
+        return PRODUCT.dump(product)
 
     @rpc(expected_exceptions=ShopError)
     def update_product(self, product_id: str, body: Any) -> dict:
         """Admin: ``{name?, price?, stock?}``; ``stock`` sets what can still be bought."""
         self.auth.require_admin()
-        data = load(UpdateProductSchema(), body)
+        data = load(UPDATE_PRODUCT, body)
         product = (
             self.store.update_product(product_id, data) if isinstance(product_id, str) else None
         )
         if product is None:
             raise NotFound(f"No product {product_id}.")
-        return ProductSchema().dump(product)
+        return PRODUCT.dump(product)
 
     # -- orders -----------------------------------------------------------------------
 
@@ -181,7 +190,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         placing = OrderPlacing(self.store, now=self.store.now)
         replayed = placing.replay(request)
         if replayed is not None:
-            return OrderSchema().dump(replayed)
+            return ORDER.dump(replayed)
         order = Order.place(
             order_id=_new_id(),
             user_id=caller.user_id,
@@ -197,26 +206,26 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
             raise OrderNotModifiable(str(exc)) from None
         if placed is order:
             self.outbox.flush(self.store.orders, order.id)
-        return OrderSchema().dump(placed)
+        return ORDER.dump(placed)
 
     @rpc(expected_exceptions=ShopError)
     def get_order(self, order_id: str) -> dict:
         """The caller's order (an admin: any order); anyone else's is ``NotFound``."""
         caller = self.auth.require()
-        return OrderSchema().dump(self._visible_order(caller, order_id).order)
+        return ORDER.dump(self._visible_order(caller, order_id).order)
 
     @rpc(expected_exceptions=ShopError)
     def list_orders(self, status: str | None = None, page: Any = 1, limit: Any = 20) -> dict:
         """``{items, page, limit, total}``: the caller's orders (an admin: all), newest first."""
         caller = self.auth.require()
-        query = load_query(OrderListQuerySchema(), status=status, page=page, limit=limit)
+        query = load_query(ORDER_LIST_QUERY, status=status, page=page, limit=limit)
         orders, total = self.store.list_orders(
             None if caller.is_admin else caller.user_id,
             query.get("status"),
             query["page"],
             query["limit"],
         )
-        return page_body(OrderSchema(many=True).dump(orders), query, total)
+        return page_body(ORDERS.dump(orders), query, total)
 
     @rpc(expected_exceptions=ShopError)
     def update_order(self, order_id: str, body: Any) -> dict:
@@ -225,9 +234,9 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         caller = self.auth.require()
         if isinstance(body, Mapping) and "status" in body and not caller.is_admin:
             raise Forbidden("Only an admin can set an order's status.")
-        data = load(UpdateOrderSchema(), body)
+        data = load(UPDATE_ORDER, body)
         if "status" in data:
-            return OrderSchema().dump(self._set_status(caller, order_id, data["status"]))
+            return ORDER.dump(self._set_status(caller, order_id, data["status"]))
 
         priced = self._price(data["items"]) if "items" in data else None
         address = Address(**data["shipping_address"]) if "shipping_address" in data else None
@@ -239,9 +248,9 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
             try:
                 if priced is not None:
                     self.store.save_items(stored, order.replace_items(priced, now))
-                    return OrderSchema().dump(order)
+                    return ORDER.dump(order)
                 if self.store.save_order(stored):
-                    return OrderSchema().dump(order)
+                    return ORDER.dump(order)
             except ConcurrentChange:
                 continue
         raise _keeps_changing(order_id)
@@ -260,7 +269,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         order = self._change_order(caller, order_id, cancel)
         self.store.settle_holds(order.id)
         self.outbox.flush(self.store.orders, order.id)
-        return OrderSchema().dump(order)
+        return ORDER.dump(order)
 
     # -- timers -----------------------------------------------------------------------
 
@@ -378,7 +387,7 @@ def _load_order_request(body: Any, idempotency_key: Any) -> dict:
     details: dict[str, list[str]] = {}
     data: dict = {}
     try:
-        data = load(CreateOrderSchema(), body)
+        data = load(CREATE_ORDER, body)
     except ValidationFailed as error:
         details.update(error.details)
     if idempotency_key is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from common.auth import (
@@ -76,3 +78,30 @@ def test_auth_settings_refuse_the_development_secret_in_production():
     with pytest.raises(SettingError, match="JWT_SECRET"):
         AuthSettings.read({"JWT_SECRET": 12345})  # a number from YAML is not a secret
     assert AuthSettings.read({"JWT_SECRET": SECRET}).jwt_secret == SECRET
+
+
+def test_a_remembered_token_is_still_refused_once_expired_or_revoked(pair):
+    """The verifier remembers tokens whose signature verified; expiry and revocation are
+    still checked on every request."""
+    now = [datetime.fromtimestamp(pair.access_claims["iat"], UTC)]
+    verifier = TokenVerifier(SECRET, clock=lambda: now[0])
+    assert authenticate(pair.access_token, verifier, Revocations()).user_id == "user-1"
+    with pytest.raises(Unauthorized, match=TOKEN_REVOKED):
+        authenticate(pair.access_token, verifier, Revocations(pair.access_claims["jti"]))
+    with pytest.raises(Unauthorized):
+        verifier.verify(pair.access_token, "refresh")  # the type is checked each time
+    now[0] = datetime.fromtimestamp(pair.access_claims["exp"], UTC)
+    with pytest.raises(Unauthorized, match="expired"):
+        authenticate(pair.access_token, verifier, Revocations())
+
+
+def test_a_remembered_token_changed_by_one_byte_is_verified_again(pair):
+    verifier = TokenVerifier(SECRET)
+    verifier.verify(pair.access_token, "access")
+    head, payload, signature = pair.access_token.split(".")
+    forged = ".".join([head, payload, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")])
+    with pytest.raises(Unauthorized, match="Invalid token"):
+        verifier.verify(forged, "access")
+    claims = verifier.verify(pair.access_token, "access")
+    claims["role"] = "admin"  # a caller's copy: the remembered claims stay as signed
+    assert verifier.verify(pair.access_token, "access")["role"] == "customer"

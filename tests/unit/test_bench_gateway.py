@@ -188,3 +188,16 @@ def test_a_path_answering_errors_is_left_out_of_the_summary():
     lines = report(results, None, ["gateway"])
     assert "GET /api/products/{id}: 50 errors for 100 answers; left out of what follows" in lines
     assert lines[-1] == "gateway-cpu-ms read=n/a auth-read=n/a order-total=n/a"
+
+
+def test_a_gateway_group_runs_its_command_that_many_times_and_exits_with_the_worst():
+    import subprocess
+    import sys
+
+    group = [sys.executable, "-m", "bench.gateway_group"]
+    ran = subprocess.run(
+        [*group, "3", sys.executable, "-c", "print('up')"], capture_output=True, text=True
+    )
+    assert (ran.returncode, ran.stdout.split()) == (0, ["up", "up", "up"])
+    failed = subprocess.run([*group, "2", sys.executable, "-c", "raise SystemExit(3)"])
+    assert failed.returncode == 3

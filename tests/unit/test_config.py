@@ -18,6 +18,7 @@ from common.event_handlers import EventRetrySettings
 from common.mongo import Mongo, MongoSettings
 from common.redis_clients import SentinelSettings
 from common.settings import Settings, SettingsProvider
+from devtools.run import RunSettings
 from gateway.edge import GatewaySettings
 from orders.service import OrdersSettings
 from payments.service import PaymentsSettings
@@ -53,6 +54,7 @@ DECLARATIONS = (
     PaymentsSettings,
     EventRetrySettings,
     SentinelSettings,
+    RunSettings,
 )
 
 TRICKY = textwrap.dedent(

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from devtools.run import child_environment, parse_args, read_procfile
+from common.settings import SettingError
+from devtools.run import (
+    RunSettings,
+    child_environment,
+    parse_args,
+    read_procfile,
+    with_gateway_processes,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,3 +70,18 @@ def test_child_environment_keeps_what_the_developer_set():
 def test_rabbit_broker_does_not_become_redis_url():
     env = child_environment({"AMQP_URI": "amqp://rabbit//"}, "amqp://rabbit//", "mongodb://m")
     assert "REDIS_URL" not in env
+
+
+def test_gateway_processes_run_the_gateway_that_many_times_on_its_one_address():
+    processes = {"users": "nameko run users.service", "gateway": "nameko run gateway.service"}
+    assert with_gateway_processes(processes, 1) == processes
+    assert with_gateway_processes(processes, 3) == {
+        "users": "nameko run users.service",
+        "gateway.1": "nameko run gateway.service",
+        "gateway.2": "nameko run gateway.service",
+        "gateway.3": "nameko run gateway.service",
+    }
+    assert RunSettings.read({}).gateway_processes == 1
+    assert RunSettings.read({"GATEWAY_PROCESSES": "2"}).gateway_processes == 2
+    with pytest.raises(SettingError, match="GATEWAY_PROCESSES"):
+        RunSettings.read({"GATEWAY_PROCESSES": "0"})
