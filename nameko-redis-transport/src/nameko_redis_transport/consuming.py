@@ -19,7 +19,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import ResponseError
 
-from nameko_redis_transport import resp
+from nameko_redis_transport import faults, resp
 from nameko_redis_transport.ack_slots import AckSlotRecordsMixin
 from nameko_redis_transport.scripts import APPEND_SCRIPT, POP_SCRIPT
 
@@ -188,6 +188,8 @@ class ConsumingMixin(AckSlotRecordsMixin):
         prefix = len(self.global_keyprefix)
         for index in range(0, len(taken), 2):
             dest = bytes_to_str(taken[index])[prefix:].rsplit(self.sep, 1)[0]
+            if faults.PAUSE_AFTER_TAKE is not None and dest not in self._no_ack_queues:
+                faults.pause_after_take(dest)  # crash tests only (faults.py)
             self._queue_cycle.rotate(dest)
             self._delivering_recorded = True
             try:
@@ -220,6 +222,8 @@ class ConsumingMixin(AckSlotRecordsMixin):
                 raise Empty()
             dest, item = dest_item
             dest = bytes_to_str(dest)[len(self.global_keyprefix) :].rsplit(self.sep, 1)[0]
+            if faults.PAUSE_AFTER_TAKE is not None and dest not in self._no_ack_queues:
+                faults.pause_after_take(dest)  # crash tests only (faults.py)
             self._queue_cycle.rotate(dest)
             self._delivering_item, self._delivering_key = item, dest_item[0]
             try:
