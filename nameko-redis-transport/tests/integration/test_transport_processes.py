@@ -169,13 +169,6 @@ def test_an_event_whose_handler_crashes_is_handled_again_and_nobody_else_twice(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "taking a message (BRPOP) and recording its ack slot are two steps on the broker: "
-        "a consumer killed between them loses the message (docs/transport.md, Limits)"
-    ),
-)
 def test_a_consumer_killed_right_after_taking_a_message_loses_nothing(
     redis_broker_only, service_processes, records, tmp_path
 ):
