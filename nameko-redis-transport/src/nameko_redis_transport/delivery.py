@@ -115,7 +115,6 @@ class QoS(kombu_redis.QoS):
                 self._slots_removed.discard(delivery_tag)
                 virtual.QoS.ack(self, delivery_tag)
             elif requeue or delivery_tag not in self._delivered:
-                self.channel.confirm_recorded(delivery_tag)  # restore_by_tag reads the slot
                 super().reject(delivery_tag, requeue=requeue)
             else:
                 self._remove_slot(delivery_tag)
@@ -137,18 +136,12 @@ class QoS(kombu_redis.QoS):
             cycle.credit_returned()
 
     def _remove_slot(self, delivery_tag: str) -> None:
-        # Never before the slot's deferred record: the record would bring it back.
-        self.channel.confirm_recorded(delivery_tag)
         self.channel.run_script(
             "ack",
             ACK_SCRIPT,
             keys=[self.unacked_index_key],
             args=[delivery_tag, self.channel.full_key(self.unacked_key)],
         )
-
-    def restore_unacked(self, client: Any = None) -> None:
-        self.channel.confirm_recorded()
-        super().restore_unacked(client)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         now = time.monotonic()
