@@ -268,9 +268,14 @@ class ConsumingMixin(AckSlotRecordsMixin):
         connection = self.client.connection
         take_pending, self._take_pending = self._take_pending, False
         try:
+            taken = None
             try:
-                dest_item = resp.read_reply(connection)
-                taken = self._read_take_reply(connection) if take_pending else None
+                try:
+                    dest_item = resp.read_reply(connection)
+                finally:
+                    # Also after an error reply: the take's reply follows it on the stream.
+                    if take_pending and connection._sock is not None:
+                        taken = self._read_take_reply(connection)
             except self.connection_errors:
                 connection.disconnect()  # the next poll reconnects
                 raise
@@ -308,8 +313,10 @@ class ConsumingMixin(AckSlotRecordsMixin):
         if type == "BRPOP":
             connection = self.client.connection
             take_pending, self._take_pending = self._take_pending, False
-            resp.read_reply(connection)
-            if take_pending:
-                self._read_take_reply(connection)
+            try:
+                resp.read_reply(connection)
+            finally:
+                if take_pending and connection._sock is not None:
+                    self._read_take_reply(connection)
         else:
             super()._poll_error(type, **options)
