@@ -1,6 +1,8 @@
 """Each fix of the Redis transport, at kombu level, over a real Redis server.
 
-Every test here fails on stock kombu (run with SHOP_TRANSPORT=stock to see).
+Every test of a fix here fails on stock kombu (run with SHOP_TRANSPORT=stock to see);
+the tests of the atomic take's own edge cases (a lost wake-up token, scripts lost by a
+restart, an unreadable message) guard that mechanism.
 """
 
 from __future__ import annotations
