@@ -74,7 +74,6 @@ class Channel(PublishingMixin, ConsumingMixin, kombu_redis.Channel):
                     self.queue_delete(queue)
                 except self.connection_errors:
                     log.debug("could not delete auto-delete queue %s", queue, exc_info=True)
-        self.confirm_recorded()
         self._release_script_connection()
         super().close()
 

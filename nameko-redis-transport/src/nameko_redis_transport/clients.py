@@ -3,8 +3,7 @@
 Stock kombu builds a ``redis.Redis`` per command and redis-py's ``Script``
 checks a connection out of the pool per call; both cost as much CPU as the
 round trip. A channel here keeps one client for its commands and one pooled
-connection for its Lua scripts (:mod:`nameko_redis_transport.ack_slots`
-pipelines ack-slot records on that connection too).
+connection for its Lua scripts.
 """
 
 from __future__ import annotations
@@ -104,7 +103,6 @@ class RedisClientsMixin:
             if self.global_keyprefix:
                 command = client._prefix_args(command)
             resp.send_command(connection, command)
-            self._read_deferred_records(connection)  # their replies come first
             return resp.read_reply(connection)
         except (NoScriptError, RedisConnectionError, RedisTimeoutError):
             pass
@@ -123,17 +121,6 @@ class RedisClientsMixin:
         return connection
 
     def _release_script_connection(self) -> None:
-        self._redo_deferred_records()
         held, self._script_connection = self._script_connection, None
         if held is not None:
             held[0].release(held[1])
-
-    def _read_deferred_records(self, connection: Any) -> None:
-        """Read the replies of commands sent ahead on ``connection`` (none here).
-
-        :class:`~nameko_redis_transport.ack_slots.AckSlotRecordsMixin` sends
-        ack-slot records ahead and reads their replies here.
-        """
-
-    def _redo_deferred_records(self) -> None:
-        """Make again what was sent ahead on a script connection being given up."""

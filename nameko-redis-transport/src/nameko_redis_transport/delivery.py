@@ -140,7 +140,6 @@ class QoS(kombu_redis.QoS):
                 virtual.QoS.ack(self, delivery_tag)
             elif requeue or delivery_tag not in self._delivered:
                 with self._slot_kept_if_connection_lost(delivery_tag, "requeue"):
-                    self.channel.confirm_recorded(delivery_tag)  # restore_by_tag reads it
                     super().reject(delivery_tag, requeue=requeue)
             else:
                 with self._slot_kept_if_connection_lost(delivery_tag, "reject"):
@@ -163,18 +162,12 @@ class QoS(kombu_redis.QoS):
             cycle.credit_returned()
 
     def _remove_slot(self, delivery_tag: str) -> None:
-        # Never before the slot's deferred record: the record would bring it back.
-        self.channel.confirm_recorded(delivery_tag)
         self.channel.run_script(
             "ack",
             ACK_SCRIPT,
             keys=[self.unacked_index_key],
             args=[delivery_tag, self.channel.full_key(self.unacked_key)],
         )
-
-    def restore_unacked(self, client: Any = None) -> None:
-        self.channel.confirm_recorded()
-        super().restore_unacked(client)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         now = time.monotonic()

@@ -85,11 +85,6 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
 
     def get(self, callback: Any, timeout: float | None = None) -> Any:
         try:
-            # Replies of the slot records nothing had to wait for (ack_slots), read
-            # once the workers of the messages they record have started; they
-            # also say whether messages are waiting (take_backlog).
-            for channel in self._channels:
-                channel.confirm_recorded()
             self._credit.clear()  # before the check: an ack after it still wakes us
             if self._out_of_credit():
                 # Nothing may be read until a worker acks, and kombu would wait

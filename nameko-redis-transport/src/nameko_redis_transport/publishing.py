@@ -106,11 +106,12 @@ class PublishingMixin(RoutingMixin):
                 copies = [dumps(message)]
             else:
                 copies = [dumps(self._copy_for(queue, message)) for queue in queues]
+            wakes = [self.full_wake_key(queue) for queue in queues]
             result = self.run_script(
                 "publish",
                 PUBLISH_SCRIPT,
                 keys=[BINDING_VERSIONS_KEY, *keys],
-                args=[exchange, version, table_key, *ack_args, *copies],
+                args=[exchange, version, table_key, *ack_args, *copies, *wakes],
             )
             if not isinstance(result, list):
                 if request_qos is not None:
@@ -130,9 +131,14 @@ class PublishingMixin(RoutingMixin):
         same delivery tag, so the copies share one ack-emulation slot: one
         handler's ack erases another's crash record, and a restore republishes
         the event to every queue. Each copy now has its own tag and remembers
-        its queue, so it is restored there and only there.
+        its queue, so it is restored there and only there. Its consumers are
+        woken by a token (see ``ConsumingMixin``); a publisher killed between
+        the two leaves a message without one, which the next take finds.
         """
         super()._put(queue, self._copy_for(queue, message), **kwargs)
+        if self.takes_by_token(queue):
+            with self.conn_or_acquire() as client:
+                client.lpush(self.wake_key(queue), 1)
 
     def _request_ack_args(self) -> tuple[Any, tuple[str, ...] | list[str]]:
         """The QoS and script arguments acking the request this publish answers."""
@@ -168,4 +174,6 @@ class PublishingMixin(RoutingMixin):
         priority = self._get_message_priority(payload, reverse=False)
         push = pipe.lpush if leftmost else pipe.rpush
         push(self._q_for_pri(queue, priority), dumps(payload))
+        if self.takes_by_token(queue):
+            pipe.lpush(self.wake_key(queue), 1)  # in the same MULTI as the message
         return None

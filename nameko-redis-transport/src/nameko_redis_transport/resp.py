@@ -197,13 +197,16 @@ def _parse(buffer: bytes, position: int) -> tuple[Any, int]:
 _READER_ATTRIBUTE = "_shop_reply_reader"
 
 
-def send_command(connection: Any, args: list[Any] | tuple[Any, ...]) -> None:
-    """Send ``args`` on a redis-py ``connection``, connecting it first if need be.
+def send_command(connection: Any, *commands: list[Any] | tuple[Any, ...]) -> None:
+    """Send ``commands`` (each a list of arguments) on a redis-py ``connection``, in one write.
 
-    As redis-py's ``send_command``: a health-check PING when one is due, and
-    a connection whose send failed or was interrupted is disconnected.
+    Connects it first if need be. As redis-py's ``send_command``: a
+    health-check PING when one is due, and a connection whose send failed or
+    was interrupted is disconnected. Several commands are pipelined: Redis
+    runs each after the one before it, a blocking one included, and the
+    caller reads one reply per command.
     """
-    data = pack_command(args)
+    data = b"".join(pack_command(args) for args in commands)
     if connection._sock is None:
         connection.connect()
     connection.check_health()

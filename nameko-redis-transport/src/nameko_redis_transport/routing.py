@@ -22,6 +22,7 @@ from nameko_redis_transport.keys import (
     BINDING_DEADLINES_KEY,
     BINDING_VERSIONS_KEY,
     EXCHANGE_TYPES_KEY,
+    WAKE_SUFFIX,
 )
 from nameko_redis_transport.scripts import BIND_SCRIPT, BUMP_VERSION_SCRIPT, SWEEP_SCRIPT
 
@@ -152,7 +153,8 @@ class RoutingMixin(RedisClientsMixin):
 
     def sweep_bindings(self, limit: int = 100) -> int:
         """Delete abandoned bindings (and their queues' messages); return how many."""
-        suffixes = " ".join(str(p) for p in self.priority_steps if p)
+        # The queue's priority lists and its wake-up list (see ConsumingMixin).
+        suffixes = " ".join([*(str(p) for p in self.priority_steps if p), WAKE_SUFFIX])
         with self.conn_or_acquire() as client:
             return self._sweep_script(
                 keys=[BINDING_DEADLINES_KEY],
@@ -164,6 +166,7 @@ class RoutingMixin(RedisClientsMixin):
         super()._delete(queue, exchange, routing_key, pattern, *args, **kwargs)
         member = self._binding_member(routing_key, pattern, queue)
         with self.conn_or_acquire(client=kwargs.get("client")) as client:
+            client.delete(queue + self.sep + WAKE_SUFFIX)
             client.zrem(BINDING_DEADLINES_KEY, exchange + self.sep + member)
             self.script("bump_version", BUMP_VERSION_SCRIPT)(
                 keys=[BINDING_VERSIONS_KEY], args=[exchange], client=client

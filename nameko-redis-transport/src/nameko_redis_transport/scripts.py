@@ -32,47 +32,83 @@ end
 return 0
 """
 
-#: Pops up to ARGV[2] messages from the lists named in ARGV[4..] (pairs: list,
-#: then '1' if its messages need an ack slot) in that order, and records the
-#: slot of each ('1') in the index KEYS[1] (score ARGV[3]) and the hash ARGV[1],
-#: as APPEND_SCRIPT does, in the same atomic step. Returns {list, message, ...}.
-#: A message whose delivery tag it cannot read is left where it was, and the
-#: pop stops there (BRPOP then takes it the usual way).
-POP_SCRIPT = """
-local taken = {}
+#: Most wake-up tokens TAKE_SCRIPT adds to a queue's wake-up list at once when
+#: it finds fewer tokens than messages (a consumer killed after its BRPOP took
+#: a token, a message restored or published without one): enough to wake
+#: several consumers, never a push per message of a long backlog.
+WAKE_TOKENS_ADDED = 16
+
+#: Takes messages and records their ack slots in one atomic step: the only way
+#: a consumer takes a message from a queue consumed with acks, so a consumer
+#: killed at any instant leaves each message either in its queue or in its
+#: slot. KEYS[1]: the slot index; ARGV[1]: the slot hash, ARGV[2]: most
+#: messages to take, ARGV[3]: the delivery time; then one group per queue:
+#: its wake-up list, '1' if its messages need a slot (else '0'), the number n
+#: of its lists, and its n lists in priority order. Pops from each list in
+#: turn and records each slot as APPEND_SCRIPT does; a message whose delivery
+#: tag it cannot read is taken without a slot (as a BRPOP would take it: the
+#: consumer then meets it). Then sets each queue's wake-up tokens to the
+#: messages it still holds (trimmed, or up to WAKE_TOKENS_ADDED added), so a
+#: token is never lost for good and never wakes a consumer for nothing twice.
+#: Returns {messages left in these queues, list, message, list, message, ...}.
+TAKE_SCRIPT = """
+local taken = {0}
 local room = tonumber(ARGV[2])
-for i = 4, #ARGV, 2 do
-    local key, record = ARGV[i], ARGV[i + 1] == '1'
-    while room > 0 do
-        local item = redis.call('RPOP', key)
-        if not item then
-            break
-        end
-        if record then
-            local ok, message = pcall(cjson.decode, item)
-            local properties = ok and type(message) == 'table' and message['properties']
-            local tag = type(properties) == 'table' and properties['delivery_tag']
-            if type(tag) ~= 'string' then
-                redis.call('RPUSH', key, item)
-                return taken
+local waiting = 0
+local i = 4
+while i <= #ARGV do
+    local wake, record, n = ARGV[i], ARGV[i + 1] == '1', tonumber(ARGV[i + 2])
+    local first, last = i + 3, i + 2 + n
+    local left = 0
+    for j = first, last do
+        local key = ARGV[j]
+        while room > 0 do
+            local item = redis.call('RPOP', key)
+            if not item then
+                break
             end
-            local info = properties['delivery_info']
-            local exchange, routing_key = '', ''
-            if type(info) == 'table' then
-                if type(info['exchange']) == 'string' then exchange = info['exchange'] end
-                if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
+            if record then
+                local ok, message = pcall(cjson.decode, item)
+                local properties = ok and type(message) == 'table' and message['properties']
+                local tag = type(properties) == 'table' and properties['delivery_tag']
+                if type(tag) == 'string' then
+                    local info = properties['delivery_info']
+                    local exchange, routing_key = '', ''
+                    if type(info) == 'table' then
+                        if type(info['exchange']) == 'string' then exchange = info['exchange'] end
+                        if type(info['routing_key']) == 'string' then
+                            routing_key = info['routing_key']
+                        end
+                    end
+                    redis.call('ZADD', KEYS[1], ARGV[3], tag)
+                    local tail = cjson.encode(exchange) .. ',' .. cjson.encode(routing_key)
+                    redis.call('HSET', ARGV[1], tag, '[' .. item .. ',' .. tail .. ']')
+                end
             end
-            redis.call('ZADD', KEYS[1], ARGV[3], tag)
-            local tail = cjson.encode(exchange) .. ',' .. cjson.encode(routing_key)
-            redis.call('HSET', ARGV[1], tag, '[' .. item .. ',' .. tail .. ']')
+            taken[#taken + 1] = key
+            taken[#taken + 1] = item
+            room = room - 1
         end
-        taken[#taken + 1] = key
-        taken[#taken + 1] = item
-        room = room - 1
+        left = left + redis.call('LLEN', key)
     end
+    local tokens = redis.call('LLEN', wake)
+    if tokens > left then
+        if left == 0 then
+            redis.call('DEL', wake)
+        else
+            redis.call('LTRIM', wake, 0, left - 1)
+        end
+    elseif tokens < left then
+        for _ = 1, math.min(left - tokens, WAKE_TOKENS_ADDED) do
+            redis.call('LPUSH', wake, '1')
+        end
+    end
+    waiting = waiting + left
+    i = last + 1
 end
+taken[1] = waiting
 return taken
-"""
+""".replace("WAKE_TOKENS_ADDED", str(WAKE_TOKENS_ADDED))
 
 #: Removes the ack slot ARGV[1] from the index KEYS[1] and the hash ARGV[2].
 ACK_SCRIPT = """
@@ -82,7 +118,9 @@ redis.call('HDEL', ARGV[2], ARGV[1])
 
 #: If the binding table ARGV[3] of exchange ARGV[1] is still at version
 #: ARGV[2] (versions in hash KEYS[1]), pushes message copies ARGV[7..] to
-#: queues KEYS[2..] and, when ARGV[4] is a delivery tag, removes its ack slot
+#: queues KEYS[2..], a wake-up token for each copy to the wake-up list named
+#: after the copies (ARGV[7 + copies..], '' for a queue consumed without
+#: tokens, see TAKE_SCRIPT) and, when ARGV[4] is a delivery tag, removes its ack slot
 #: (hash ARGV[5], index ARGV[6]) in the same step; else does nothing and
 #: returns {version, table} for the caller to route again. One round trip
 #: instead of SMEMBERS + LPUSH (+ the request's ack), and never a message
@@ -94,8 +132,13 @@ local version = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if version ~= ARGV[2] then
     return {version, redis.call('SMEMBERS', ARGV[3])}
 end
+local copies = #KEYS - 1
 for i = 2, #KEYS do
     redis.call('LPUSH', KEYS[i], ARGV[i + 5])
+    local wake = ARGV[i + 5 + copies]
+    if wake and wake ~= '' then
+        redis.call('LPUSH', wake, '1')
+    end
 end
 if ARGV[4] ~= '' then
     redis.call('ZREM', ARGV[6], ARGV[4])

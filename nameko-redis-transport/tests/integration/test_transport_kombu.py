@@ -1,6 +1,8 @@
 """Each fix of the Redis transport, at kombu level, over a real Redis server.
 
-Every test here fails on stock kombu (run with SHOP_TRANSPORT=stock to see).
+Every test of a fix here fails on stock kombu (run with SHOP_TRANSPORT=stock to see);
+the tests of the atomic take's own edge cases (a lost wake-up token, scripts lost by a
+restart, an unreadable message) guard that mechanism.
 """
 
 from __future__ import annotations
@@ -271,7 +273,6 @@ def test_a_reply_queue_is_consumed_without_ack_bookkeeping_and_requests_with_it(
 
 
 def test_scripts_take_redis_pys_way_when_their_connection_is_busy_unknown_or_lost(connect):
-    import socket
 
     from nameko_redis_transport.scripts import PUBLISH_SCRIPT
 
@@ -309,125 +310,81 @@ def slot(conn: Connection, delivery_tag: str) -> bytes | None:
 
 @pytest.fixture
 def work(connect):
-    """A connection consuming one message of queue ``work``, its slot record sent, not read."""
+    """A connection consuming one message of queue ``work``."""
     queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
     conn = connect()
     bind(conn, queue.exchange, queue)
     publish(conn, {"n": 1}, "work-ex", "w")
     [message] = consume_one(conn, queue)
-    channel = conn.default_channel
-    assert [tag for tag, _, _ in channel._deferred_records] == [message.delivery_tag]
-    return conn, channel, message
+    return conn, conn.default_channel, message
 
 
-def test_a_delivered_message_is_recorded_before_its_reply_or_ack_can_remove_it(work):
+def test_a_message_reaches_its_consumer_with_its_slot_already_recorded(work):
     conn, channel, message = work
-    channel.confirm_recorded(message.delivery_tag)
-    assert not channel._deferred_records
+    # Taken and recorded in one step: there is no instant without either.
     raw, exchange, routing_key = json.loads(slot(conn, message.delivery_tag))
     assert (raw["body"], exchange, routing_key) == (message._raw["body"], "work-ex", "w")
+    assert channel.client.llen("work") == 0
+    assert channel.client.exists("work\x06\x16wake") == 0  # its token spent, none left over
 
-    message.ack()  # reads nothing twice, leaves nothing behind
+    message.ack()
     assert slot(conn, message.delivery_tag) is None
     assert channel.client.zscore("unacked_index", message.delivery_tag) is None
 
 
-def test_an_ack_right_after_delivery_never_leaves_the_slot_behind(work):
-    conn, channel, message = work
-    message.ack()  # the record's reply is still unread: it is read first
-    assert not channel._deferred_records
-    assert slot(conn, message.delivery_tag) is None
-    assert channel.client.zcard("unacked_index") == 0
-
-
-def test_a_reply_right_after_delivery_acks_the_request_for_good(work):
-    from nameko_redis_transport.delivery import acking_with_reply
-
-    conn, channel, message = work
-    with acking_with_reply(message):  # as Nameko's reply: publish and ack in one step
-        publish(conn, {"reply": 1}, "work-ex", "w")
-    assert not channel._deferred_records
-    message.ack()
-    assert slot(conn, message.delivery_tag) is None
-    assert channel.client.zcard("unacked_index") == 0
-
-
-def test_a_reply_from_another_connection_does_not_wait_for_its_request_s_record(work, connect):
-    """The reply's publish reads nothing of the consumer's; its ack still holds."""
+def test_a_reply_right_after_delivery_acks_the_request_for_good(work, connect):
     from nameko_redis_transport.delivery import acking_with_reply
 
     conn, channel, message = work
     replier = connect()  # as Nameko's producers: another connection
-    with acking_with_reply(message):
+    with acking_with_reply(message):  # as Nameko's reply: publish and ack in one step
         publish(replier, {"reply": 1}, "work-ex", "w")
-    assert [tag for tag, _, _ in channel._deferred_records] == [message.delivery_tag]
-    channel.confirm_recorded()  # the record went first on the wire: the ack removed its slot
     message.ack()
     assert slot(conn, message.delivery_tag) is None
     assert channel.client.zcard("unacked_index") == 0
     assert channel.client.exists(channel.acked_mark_key(message.delivery_tag)) == 0
 
 
-def test_a_record_that_comes_after_its_request_s_ack_makes_no_slot(connect, monkeypatch):
-    """An ack that overtakes the slot's record leaves a mark the record obeys."""
-    from nameko_redis_transport.channel import Channel
-    from nameko_redis_transport.delivery import acking_with_reply
-    from nameko_redis_transport.scripts import ACKED_MARK_MS
-
-    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
-    conn, replier = connect(), connect()
-    bind(conn, queue.exchange, queue)
-    publish(conn, {"n": 1}, "work-ex", "w")
-    held: list = []
-    record = Channel.record_slot_deferred
-    monkeypatch.setattr(Channel, "record_slot_deferred", lambda self, *args: held.append(args))
-    [message] = consume_one(conn, queue)  # its record held back, as if still in transit
-    channel = conn.default_channel
-    with acking_with_reply(message):
-        publish(replier, {"reply": 1}, "work-ex", "w")
-    mark = channel.acked_mark_key(message.delivery_tag)
-    assert 0 < channel.client.pttl(mark) <= ACKED_MARK_MS
-
-    monkeypatch.undo()
-    record(channel, *held[0])  # the record arrives after all
-    channel.confirm_recorded()
-    message.ack()
-    assert slot(conn, message.delivery_tag) is None  # nothing for a restore to bring back
-    assert channel.client.zcard("unacked_index") == 0
-    assert channel.client.exists(mark) == 0
-
-
-def test_a_requeue_right_after_delivery_puts_the_message_back(work, monkeypatch):
+def test_a_requeue_puts_the_message_back_and_wakes_a_consumer(work):
     conn, channel, message = work
-    steps: list[str] = []
-    confirm, restore = channel.confirm_recorded, channel.qos.restore_by_tag
-    monkeypatch.setattr(
-        channel, "confirm_recorded", lambda *a: steps.append("confirm") or confirm(*a)
-    )
-    monkeypatch.setattr(
-        channel.qos, "restore_by_tag", lambda *a, **k: steps.append("restore") or restore(*a, **k)
-    )
     message.requeue()
-    assert steps == ["confirm", "restore"]  # the restore reads the slot the record makes
     assert channel.client.hlen("unacked") == 0
+    assert channel.client.llen("work\x06\x16wake") == 1  # a consumer waiting is woken
     again = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
     assert again(channel).get(no_ack=True).payload == {"n": 1}
 
 
-def test_a_slot_record_that_failed_is_made_again(work, connect):
-    conn, channel, message = work
-    # The record's connection dies before its reply is read: whether Redis
-    # ran it or not, the slot is there afterwards, once.
-    channel._script_connection[1]._sock.shutdown(socket.SHUT_RDWR)
-    channel.confirm_recorded()
-    assert slot(conn, message.delivery_tag) is not None
-
-    # A record Redis refused (its script flushed by a restart) is made again too.
+def test_a_message_whose_wake_up_token_was_lost_is_still_taken(connect):
+    """A consumer killed after its BRPOP took a token, or a publisher without tokens."""
     queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    conn = connect()
+    bind(conn, queue.exchange, queue)
+    publish(conn, {"n": 1}, "work-ex", "w")
     publish(conn, {"n": 2}, "work-ex", "w")
-    channel.client.script_flush()  # the channel still sends the script by its hash
-    [second] = consume_one(conn, queue)
-    channel.confirm_recorded()
+    client = conn.default_channel.client
+    client.delete("work\x06\x16wake")  # both tokens gone with whoever took them
+    got = consume_one(conn, queue)  # within one BRPOP timeout: the take behind it finds them
+    while len(got) < 2:
+        conn.drain_events(timeout=2)
+    assert sorted(msg.payload["n"] for msg in got) == [1, 2]
+    assert all(slot(conn, msg.delivery_tag) is not None for msg in got)
+
+
+def test_a_take_after_the_server_lost_its_scripts_loads_them_again(work, connect):
+    conn, channel, message = work
+    queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    channel.client.script_flush()  # as a Redis restart does; the channel sends by hash
+    publish(conn, {"n": 2}, "work-ex", "w")
+    got: list = []
+    conn.Consumer([queue], callbacks=[lambda body, msg: got.append(msg)]).consume()
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        try:
+            conn.drain_events(timeout=2)
+        except TimeoutError:
+            pass
+    [second] = got
+    assert second.payload == {"n": 2}
     assert slot(conn, second.delivery_tag) is not None
     second.ack()
     message.ack()
@@ -436,7 +393,7 @@ def test_a_slot_record_that_failed_is_made_again(work, connect):
 
 @pytest.fixture
 def backlog(connect):
-    """A connection whose queue ``work`` holds 8 messages; one taken by BRPOP, unacked."""
+    """A connection with prefetch 4 about to consume queue ``work``, which holds 8 messages."""
     queue = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
     conn = connect()
     bind(conn, queue.exchange, queue)
@@ -446,17 +403,15 @@ def backlog(connect):
     channel.basic_qos(0, 4, False)  # prefetch 4
     got: list = []
     conn.Consumer([queue], callbacks=[lambda body, msg: got.append(msg)]).consume()
-    conn.drain_events(timeout=2)
-    assert len(got) == 1
-    channel.confirm_recorded()  # its record's reply: 7 more were waiting behind it
     return conn, channel, queue, got
 
 
 def test_waiting_messages_are_taken_several_at_once_each_with_its_slot(backlog):
     conn, channel, queue, got = backlog
     conn.drain_events(timeout=2)
-    assert [msg.payload["n"] for msg in got] == [0, 1, 2, 3]  # one pop, up to the credit
+    assert [msg.payload["n"] for msg in got] == [0, 1, 2, 3]  # one take, up to the credit
     assert channel.client.llen("work") == 4
+    assert channel.client.llen("work\x06\x16wake") == 4  # a token per message left
     for msg in got:  # recorded by the same script that took them
         raw, exchange, routing_key = json.loads(slot(conn, msg.delivery_tag))
         assert raw["properties"]["delivery_tag"] == msg.delivery_tag
@@ -469,6 +424,7 @@ def test_waiting_messages_are_taken_several_at_once_each_with_its_slot(backlog):
     for msg in got[4:]:
         msg.ack()
     assert channel.client.hlen("unacked") == 0 and channel.client.llen("work") == 0
+    assert channel.client.exists("work\x06\x16wake") == 0
 
 
 def test_messages_taken_several_at_once_come_back_if_their_consumer_dies(backlog, connect):
@@ -479,16 +435,27 @@ def test_messages_taken_several_at_once_come_back_if_their_consumer_dies(backlog
     conn.default_channel.client.zadd("unacked_index", dict.fromkeys(tags, 0))  # long ago
     other = connect(visibility_timeout=1)
     other.default_channel.qos.restore_visible(num=10)
-    assert other.default_channel.client.llen("work") == 4 + 4  # back in the queue
+    client = other.default_channel.client
+    assert client.llen("work") == 4 + 4  # back in the queue
+    assert client.llen("work\x06\x16wake") == 4 + 4  # each with a token: consumers wake
 
 
-def test_a_message_the_pop_cannot_read_is_left_where_it_was(backlog):
-    conn, channel, queue, got = backlog
-    channel.client.rpush("work", b'{"body": "no tag"}')  # where a pop takes first
-    assert channel.take_backlog() is False  # stopped at it, took nothing
-    assert channel.client.hlen("unacked") == 1  # only the message BRPOP took
-    assert channel.client.rpop("work") == b'{"body": "no tag"}'  # still next in line
-    assert channel.client.llen("work") == 7
+def test_a_message_the_take_cannot_read_is_taken_without_a_slot(connect):
+    """As a BRPOP would take it: nothing is left behind to wake consumers forever."""
+    from nameko_redis_transport.scripts import TAKE_SCRIPT
+
+    client = connect().default_channel.client
+    prefix = client.global_keyprefix if hasattr(client, "global_keyprefix") else ""
+    client.rpush("work", b'{"body": "no tag"}')
+    client.lpush("work\x06\x16wake", 1)
+    take = client.register_script(TAKE_SCRIPT)
+    taken = take(
+        keys=["unacked_index"],
+        args=[f"{prefix}unacked", 5, time.time(), f"{prefix}work\x06\x16wake", "1", 1,
+              f"{prefix}work"],
+    )  # fmt: skip
+    assert taken == [0, f"{prefix}work".encode(), b'{"body": "no tag"}']
+    assert client.hlen("unacked") == 0 and client.exists("work", "work\x06\x16wake") == 0
 
 
 def test_a_delivered_requests_worker_starts_before_the_consumer_polls_again(connect):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko_redis_transport.faults import PAUSE_AFTER_TAKE_ENV
 from nameko_redis_transport.testing.processes import NAMEKO
 
 #: ``nameko run`` imports the services from its working directory, this one.
@@ -165,6 +166,35 @@ def test_an_event_whose_handler_crashes_is_handled_again_and_nobody_else_twice(
     time.sleep(VISIBILITY + 2)  # a duplicate would have arrived by now
     assert len(records.all("crash-handled")) == 1
     assert len(records.all("crash-seen", service="pool_b")) == 1
+
+
+@pytest.mark.slow
+def test_a_consumer_killed_right_after_taking_a_message_loses_nothing(
+    redis_broker_only, service_processes, records, tmp_path
+):
+    """SIGKILL at the instant after the take: every event still reaches a handler, once."""
+    config = redis_broker_only.config()
+    service_processes(config, svc("Emitter"), "emitter")
+    taken = tmp_path / "taken"
+    victim = service_processes(
+        config, svc("PoolA"), "victim", env={PAUSE_AFTER_TAKE_ENV: str(taken)}
+    )
+    sent = list(range(10))
+    with ClusterRpcProxy(config) as rpc:
+        for n in sent:
+            rpc.emitter.emit("tick", {"n": n})
+    deadline = time.monotonic() + 20
+    while not (taken.exists() and taken.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert taken.read_text().startswith("evt-emitter-tick--pool_a"), victim.log()
+    victim.kill()  # holding one event it took, before anything recorded it
+
+    service_processes(config, svc("PoolA"), "survivor")
+    records.wait_for("tick", count=len(sent), service="pool_a", timeout=VISIBILITY + 20)
+    time.sleep(VISIBILITY + 2)  # a duplicate would have arrived by now
+    handled = sorted(entry["n"] for entry in records.all("tick", service="pool_a"))
+    assert handled == sent
+    assert {entry["instance"] for entry in records.all("tick")} == {"survivor"}
 
 
 def _bindings(redis_client, broker, exchange):
