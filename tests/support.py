@@ -127,3 +127,13 @@ def an_order(
     for name, value in fields.items():
         setattr(order, name, value)
     return order
+
+
+def open_holds(orders_db, product_id: str) -> dict[str, int]:
+    """Order id -> units of ``product_id`` it holds: the open documents of orders'
+    ``stock_holds`` collection (orders.holds)."""
+    return {
+        hold["orderId"]: hold["quantity"]
+        for hold in orders_db.stock_holds.find({"productId": product_id})
+        if hold.get("quantity") and not hold.get("closed")
+    }
