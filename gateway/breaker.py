@@ -3,9 +3,13 @@
 Closed: calls go through; ``failure_threshold`` failures in a row (timeouts, unknown
 service, broker errors; never a business error) open it. Open: calls fail at once with
 :class:`BreakerOpen` (503 ``SERVICE_UNAVAILABLE`` with ``Retry-After``) until
-``reset_timeout`` has passed. Half-open: one trial call goes through; success closes
-the breaker, failure opens it again. State is per gateway process: each instance learns
-on its own, which needs no coordination and is what a breaker is for.
+``reset_timeout`` has passed. Half-open: one trial goes through; success closes the
+breaker, failure opens it again. The trial is the caller's ``probe`` when it gives one (a
+cheap health call with a short timeout): a dead service then answers the caller who drew
+the trial with 503 after the probe's timeout, not with a 504 after the whole call's, and
+a recovered one is closed by the probe and serves that same call. State is per gateway
+process: each instance learns on its own, which needs no coordination and is what a
+breaker is for.
 """
 
 from __future__ import annotations
@@ -59,8 +63,15 @@ class CircuitBreaker:
                 return HALF_OPEN
             return self._state
 
-    def call(self, function: Callable[[], T]) -> T:
-        self._before_call()
+    def call(self, function: Callable[[], T], probe: Callable[[], object] | None = None) -> T:
+        trial = self._before_call()
+        if trial and probe is not None:
+            try:
+                probe()
+            except BaseException:
+                self._on_failure()
+                raise BreakerOpen(self.name, self.reset_timeout) from None
+            self._on_success()
         try:
             result = function()
         except BaseException as exc:
@@ -72,14 +83,15 @@ class CircuitBreaker:
         self._on_success()
         return result
 
-    def _before_call(self) -> None:
+    def _before_call(self) -> bool:
+        """True when this call is the half-open breaker's trial; BreakerOpen if refused."""
         with self._lock:
             if self._state == CLOSED:
-                return
+                return False
             waited = self.clock() - self._opened_at
             if self._state == OPEN and waited >= self.reset_timeout and not self._trial_running:
                 self._state, self._trial_running = HALF_OPEN, True
-                return
+                return True
             raise BreakerOpen(self.name, max(self.reset_timeout - waited, 1))
 
     def _on_success(self) -> None:

@@ -115,6 +115,10 @@ class Call:
         return _GuardedProxy(proxy, self.breakers[name], self.bulkheads[name])
 
 
+#: Seconds the breaker's trial waits for a service's ``health`` RPC.
+TRIAL_PROBE_TIMEOUT = 2.0
+
+
 class _GuardedProxy:
     def __init__(self, proxy: Any, breaker: CircuitBreaker, bulkhead: Bulkhead) -> None:
         self._proxy = proxy
@@ -127,8 +131,13 @@ class _GuardedProxy:
         remote = getattr(self._proxy, method)
         breaker, bulkhead = self._breaker, self._bulkhead
         return lambda *args, **kwargs: bulkhead.call(
-            lambda: breaker.call(lambda: remote(*args, **kwargs))
+            lambda: breaker.call(lambda: remote(*args, **kwargs), probe=self._probe)
         )
+
+    def _probe(self) -> None:
+        """The breaker's trial: the service's ``health`` RPC, answered within
+        :data:`TRIAL_PROBE_TIMEOUT` (every service has it, common.health)."""
+        self._proxy.health.call_async().result(timeout=TRIAL_PROBE_TIMEOUT)
 
 
 class EdgeRequest:

@@ -122,6 +122,11 @@ class SlowOrders:
         eventlet.sleep(SlowOrders.delay["seconds"])
         return {"items": [], "page": 1, "limit": 20, "total": 0}
 
+    @rpc
+    def health(self):  # the breaker's trial asks it first (gateway.edge)
+        eventlet.sleep(SlowOrders.delay["seconds"])
+        return {"status": "ok"}
+
 
 def test_a_slow_service_is_504_then_its_breaker_opens_and_closes_when_it_recovers(
     run_services, shop_config
