@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import eventlet
-
 from common.errors import IdempotencyKeyReused, OrderAlreadyPaid, ServiceUnavailable
 from common.events import OutboxPublisher
+from common.idempotency import IN_PROGRESS, wait_for_first
 from common.money import parse_cents
 from payments.card_network import CardNetwork
 from payments.domain import (
@@ -43,14 +41,6 @@ from payments.domain import (
 from payments.store import PaymentsStore
 
 log = logging.getLogger(__name__)
-
-#: How long a duplicate request waits for the first one with its key (under RPC_TIMEOUT).
-IN_PROGRESS_WAIT_SECONDS = 4.0
-#: The first and the longest pause between two looks at the first request's record.
-IN_PROGRESS_FIRST_PAUSE = 0.01
-IN_PROGRESS_MAX_PAUSE = 0.2
-#: Seconds the client is told to wait when the first request is still not done.
-IN_PROGRESS_RETRY_AFTER = 1
 
 
 @dataclass(frozen=True)
@@ -136,14 +126,11 @@ class Charges:
         """The first request's payment, or its 402 raised again; None when the key is
         unused. The key with a different request is 409 ``IDEMPOTENCY_KEY_REUSED``.
 
-        A first request still in progress is waited for, a bounded time. Its outcome is
-        written by another worker, maybe in another instance, and nothing tells this one
-        when: the record is looked at again after short pauses that grow. The pause is
-        eventlet's, so the other workers of this process run meanwhile.
+        A first request still in progress is waited for, a bounded time
+        (:func:`common.idempotency.wait_for_first`).
         """
-        deadline = time.monotonic() + IN_PROGRESS_WAIT_SECONDS
-        pause = IN_PROGRESS_FIRST_PAUSE
-        while True:
+
+        def look() -> Any:
             found = self.store.find_by_idempotency_scope(idempotency.scope)
             if found is None:
                 return None
@@ -154,16 +141,9 @@ class Charges:
                 )
             if payment.status == FAILED:
                 raise payment_declined(payment)
-            if payment.status != PROCESSING:
-                return payment
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServiceUnavailable(
-                    "A request with this Idempotency-Key is still in progress.",
-                    retry_after=IN_PROGRESS_RETRY_AFTER,
-                )
-            eventlet.sleep(min(pause, remaining))
-            pause = min(pause * 2, IN_PROGRESS_MAX_PAUSE)
+            return IN_PROGRESS if payment.status == PROCESSING else payment
+
+        return wait_for_first(look)
 
     def _charge(self, attempt: Payment, card: Card) -> Payment:
         """Charge the card and record the outcome with its event; the recorded payment."""

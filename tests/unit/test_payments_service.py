@@ -297,7 +297,11 @@ def test_a_duplicate_that_finds_the_order_paid_by_its_first_request_gets_its_ans
 
 
 def test_a_duplicate_gives_up_waiting_after_a_bound(service, store, network, monkeypatch):
-    monkeypatch.setattr(charges, "IN_PROGRESS_WAIT_SECONDS", 0.1)
+    from functools import partial
+
+    from common.idempotency import wait_for_first
+
+    monkeypatch.setattr(charges, "wait_for_first", partial(wait_for_first, wait_seconds=0.1))
     store.find_by_idempotency_scope.return_value = (
         fingerprint_of(body()),
         payment(status="processing"),
