@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import eventlet
+from marshmallow import Schema
 
 from common.errors import IdempotencyKeyReused, ServiceUnavailable, ValidationFailed
+from common.schemas import load
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
@@ -50,6 +52,26 @@ def validate_idempotency_key(key: Any) -> str:
             f"Must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters.",
         )
     return key
+
+
+def load_keyed_request(schema: Schema, body: Any, idempotency_key: Any) -> dict[str, Any]:
+    """``body`` loaded by ``schema``, with its ``Idempotency-Key`` checked (None: not
+    sent): every malformed field and a bad key are named in one 422, so a client
+    fixes both at once."""
+    details: dict[str, list[str]] = {}
+    data: dict[str, Any] = {}
+    try:
+        data = load(schema, body)
+    except ValidationFailed as error:
+        details.update(error.details)
+    if idempotency_key is not None:
+        try:
+            validate_idempotency_key(idempotency_key)
+        except ValidationFailed as error:
+            details.update(error.details)
+    if details:
+        raise ValidationFailed(details=details)
+    return data
 
 
 def key_reused() -> IdempotencyKeyReused:

@@ -23,7 +23,7 @@ from common.errors import Forbidden, NotFound, OrderNotModifiable, ShopError, Va
 from common.event_handlers import event_handler
 from common.events import Outbox, new_event
 from common.health import health_report
-from common.idempotency import validate_idempotency_key
+from common.idempotency import load_keyed_request
 from common.logs import RequestContext
 from common.reconciliation import Repairs
 from common.rpc import rpc
@@ -185,7 +185,7 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         request returns the order it placed, and never places a second (``orders.placing``).
         """
         caller = self.auth.require()
-        data = _load_order_request(body, idempotency_key)
+        data = load_keyed_request(CREATE_ORDER, body, idempotency_key)
         request = OrderRequest.of(caller.user_id, data, idempotency_key)
         placing = OrderPlacing(self.store, now=self.store.now)
         replayed = placing.replay(request)
@@ -380,24 +380,6 @@ class OrdersService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
 
     def _reservation_ttl(self) -> timedelta:
         return timedelta(minutes=self.settings.reservation_minutes)
-
-
-def _load_order_request(body: Any, idempotency_key: Any) -> dict:
-    """The loaded body; every malformed field and a bad key are named in one 422."""
-    details: dict[str, list[str]] = {}
-    data: dict = {}
-    try:
-        data = load(CREATE_ORDER, body)
-    except ValidationFailed as error:
-        details.update(error.details)
-    if idempotency_key is not None:
-        try:
-            validate_idempotency_key(idempotency_key)
-        except ValidationFailed as error:
-            details.update(error.details)
-    if details:
-        raise ValidationFailed(details=details)
-    return data
 
 
 def _order_event(event_type: str, order: Order, **facts: Any) -> dict:

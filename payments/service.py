@@ -15,7 +15,6 @@ import math
 from datetime import timedelta
 from typing import Any
 
-from marshmallow import ValidationError
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.timer import timer
 from nameko_redis_transport.nameko.rpc import RpcProxy
@@ -29,11 +28,11 @@ from common.errors import (
     ShopError,
     UpstreamTimeout,
     ValidationFailed,
-    flatten_messages,
 )
 from common.event_handlers import event_handler
 from common.events import Outbox
 from common.health import health_report
+from common.idempotency import load_keyed_request
 from common.logs import RequestContext
 from common.reconciliation import MAX_BATCH, Repairs
 from common.rpc import rpc
@@ -50,7 +49,7 @@ from common.timers import configured_timer
 from common.tokens import SHOP_ENV, check_secret_for_environment
 from payments.card_network import CardNetworkProvider
 from payments.charges import Charges
-from payments.domain import validate_card, validate_idempotency_key
+from payments.domain import validate_card
 from payments.reconciliation import KNOWN_REPAIRS, OrderReconciliation, OrdersUnavailable
 from payments.recovery import ChargeReconciliation, Refunds
 from payments.schemas import (
@@ -65,6 +64,8 @@ log = logging.getLogger(__name__)
 
 OUTBOX_RELAY_SECONDS = 5
 DEFAULT_IDEMPOTENCY_SECRET = "dev-only-idempotency-secret"  # noqa: S105
+#: Loads a payment request body (stateless: one instance serves every worker).
+PROCESS_PAYMENT = ProcessPaymentSchema()
 
 
 class PaymentsSettings(Settings):
@@ -154,7 +155,7 @@ class PaymentsService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         request returns the first answer (a decline included) and never charges twice.
         """
         caller = self.auth.require()
-        request = _load_payment_request(body, idempotency_key)
+        request = load_keyed_request(PROCESS_PAYMENT, body, idempotency_key)
         details = request["card_details"]
         card = validate_card(details["number"], details["expiry"], details["cvv"], utc_now().date())
         payment = self._charges().pay(caller.user_id, request, card, idempotency_key)
@@ -291,24 +292,6 @@ class PaymentsService(ops_http.OpsEndpoints, dead_letters.DeadLetterEndpoints):
         if not isinstance(order, dict) or order.get("userId") != user_id:
             raise NotFound("No such order.", {"orderId": order_id})
         return order
-
-
-def _load_payment_request(body: Any, idempotency_key: Any) -> dict:
-    """The loaded body; every malformed field and a bad key are named in one 422."""
-    details: dict[str, list[str]] = {}
-    request: dict = {}
-    try:
-        request = ProcessPaymentSchema().load(body)
-    except ValidationError as error:
-        details.update(flatten_messages(error.messages))
-    if idempotency_key is not None:
-        try:
-            validate_idempotency_key(idempotency_key)
-        except ValidationFailed as error:
-            details.update(error.details)
-    if details:
-        raise ValidationFailed(details=details)
-    return request
 
 
 def _event_data(event: Any) -> dict | None:
