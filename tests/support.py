@@ -40,6 +40,17 @@ def wait_for(check, timeout: float = 5.0, interval: float = 0.05):
         time.sleep(interval)
 
 
+def wait_for_a_fresh_window(needed_seconds: float = 10.0) -> None:
+    """Rate limits count in fixed one-minute windows (gateway.ratelimit): start a test
+    that counts up to a limit with at least ``needed_seconds`` left in the window, so
+    its requests are not split between two windows."""
+    from gateway.ratelimit import WINDOW_SECONDS
+
+    left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+    if left < needed_seconds:
+        time.sleep(left + 0.1)
+
+
 def http_json(
     method: str,
     url: str,

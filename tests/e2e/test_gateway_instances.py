@@ -3,23 +3,15 @@ any request, and what must be shared (rate limits, revoked tokens) lives in Redi
 
 from __future__ import annotations
 
-import time
-
 from devtools.embedded import free_port
 from gateway.service import GatewayService
 from orders.service import OrdersService
 from payments.service import PaymentsService
 from tests.e2e.conftest import Api, assert_error
+from tests.support import wait_for_a_fresh_window
 from users.service import UsersService
 
 RATE_LIMIT = 6
-
-
-def wait_for_a_fresh_window(needed_seconds: float = 10.0) -> None:
-    """Rate limits count in one-minute windows; start the test early in one."""
-    left = 60 - time.time() % 60
-    if left < needed_seconds:
-        time.sleep(left + 0.1)
 
 
 def test_two_gateways_share_rate_limits_and_revocations(run_services, shop_config):
