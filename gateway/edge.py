@@ -61,6 +61,13 @@ def share(value: Any) -> float:
     return number
 
 
+#: The gateway's workers. Each only waits on one RPC, in a green thread, so the gateway
+#: needs many more than a service, whose workers use Mongo and the CPU: with Nameko's 10
+#: and a bulkhead of half of them, a sixth customer at once on one healthy service would
+#: be refused.
+DEFAULT_GATEWAY_MAX_WORKERS = 100
+
+
 class GatewaySettings(Settings):
     """What the gateway reads besides the token checks (:class:`common.auth.AuthSettings`)."""
 
@@ -88,12 +95,19 @@ class GatewaySettings(Settings):
         1.0,
         "Seconds a breaker stays open before one trial call goes through.",
     )
+    max_workers = Setting(
+        "GATEWAY_MAX_WORKERS",
+        positive_int,
+        DEFAULT_GATEWAY_MAX_WORKERS,
+        "Requests the gateway serves at once (its Nameko max_workers; the services keep "
+        "max_workers). More wait for a worker.",
+    )
     bulkhead_share = Setting(
         "BULKHEAD_SHARE",
         share,
         0.5,
-        "Share of the gateway's workers (max_workers) calls to one service may hold at "
-        "once; more are refused with 503.",
+        "Share of the gateway's workers (GATEWAY_MAX_WORKERS) calls to one service may "
+        "hold at once; more are refused with 503.",
     )
 
 
@@ -113,6 +127,18 @@ class Call:
         bulkhead, then its breaker."""
         name = proxy.service_name
         return _GuardedProxy(proxy, self.breakers[name], self.bulkheads[name])
+
+
+def _size_worker_pool(container: Any, workers: int) -> None:
+    """Give the gateway's container ``workers`` workers, whatever ``max_workers`` says.
+
+    Nameko sizes every container's pool from the one config key ``max_workers``, which
+    the services share; the gateway takes its own count here, in ``setup``, before any
+    extension starts (the RPC reply consumer reads ``max_workers`` as its prefetch then).
+    """
+    if container.max_workers != workers:
+        container.max_workers = workers
+        container._worker_pool.resize(workers)
 
 
 #: Seconds the breaker's trial waits for a service's ``health`` RPC.
@@ -222,6 +248,7 @@ class Edge(DependencyProvider):
             )
             for name in DOWNSTREAM_SERVICES
         }
+        _size_worker_pool(self.container, self.settings.max_workers)
         room = calls_per_service(self.container.max_workers, self.settings.bulkhead_share)
         self.bulkheads = {name: Bulkhead(name, room) for name in DOWNSTREAM_SERVICES}
         self.metrics = GatewayMetrics(self.breakers, self.container.config["AMQP_URI"])

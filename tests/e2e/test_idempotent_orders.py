@@ -72,8 +72,8 @@ def test_concurrent_duplicates_place_one_order_and_hold_its_stock_once(api, shop
     key = {"Idempotency-Key": f"burst-{uuid.uuid4().hex}"}
 
     def place(_):
-        # As a client does: a 503 (the gateway's bulkhead for orders holds 5 calls at
-        # once) is retried with the same key after its Retry-After.
+        # As a client does: a 503 (the first still placing past the wait) is retried
+        # with the same key after its Retry-After.
         for _attempt in range(10):
             status, headers, order = api("POST", "/api/orders", body, token=alice, headers=key)
             if status != 503:

@@ -55,6 +55,9 @@ class GatewayStack(Stack):
             WEB_SERVER_ADDRESS=f"127.0.0.1:{port}",
             RPC_TIMEOUT=RPC_TIMEOUT,
             RATE_LIMIT_PER_MINUTE=0,
+            # Fewer workers than the shipped 100, so the bulkhead test's 12 calls to a
+            # frozen service overflow orders' share (5) as a busy day's would overflow 50.
+            GATEWAY_MAX_WORKERS=10,
         )
         path = workdir / "gateway.yml"
         path.write_text(yaml.safe_dump(gateway_config))

@@ -8,6 +8,7 @@ from nameko_redis_transport.nameko.rpc import rpc
 
 from common.errors import InvalidCredentials, ShopError
 from devtools.embedded import free_port
+from gateway.edge import DEFAULT_GATEWAY_MAX_WORKERS
 from gateway.service import GatewayService
 from tests.support import http_json
 
@@ -34,12 +35,42 @@ class QuickUsers:
         raise InvalidCredentials()
 
 
+class SlowUsers:
+    """Stands in for users: healthy, but each answer takes a while, so calls overlap."""
+
+    name = "users"
+
+    @rpc(expected_exceptions=ShopError)
+    def login(self, body):
+        eventlet.sleep(0.2)
+        raise InvalidCredentials()
+
+
+def test_customers_at_once_on_a_healthy_service_are_all_served(run_services, shop_config):
+    # With Nameko's max_workers (10) the gateway's bulkhead gave a service 5 calls and
+    # refused a sixth customer with 503; the gateway has its own, larger count.
+    port = free_port()
+    config = dict(shop_config, WEB_SERVER_ADDRESS=f"127.0.0.1:{port}", RATE_LIMIT_PER_MINUTE=0)
+    gateway, _ = run_services(GatewayService, SlowUsers, config=config)
+    assert gateway.max_workers == DEFAULT_GATEWAY_MAX_WORKERS
+    assert config.get("max_workers", 10) == 10  # the services' own count is untouched
+
+    def log_in(n):
+        body = {"email": f"customer-{n}@example.com", "password": "x" * 8}
+        return http_json("POST", f"http://127.0.0.1:{port}/api/users/login", body)
+
+    answers = list(eventlet.GreenPool(30).imap(log_in, range(30)))
+    assert [(status, body["error"]) for status, _, body in answers] == [
+        (401, "INVALID_CREDENTIALS")
+    ] * 30
+
+
 def test_a_hung_service_holds_only_its_share_of_the_workers(run_services, shop_config):
     port = free_port()
     config = dict(
         shop_config,
         WEB_SERVER_ADDRESS=f"127.0.0.1:{port}",
-        max_workers=10,
+        GATEWAY_MAX_WORKERS=10,
         BULKHEAD_SHARE=0.5,  # 5 calls per service
         RPC_TIMEOUT=5,
         BREAKER_FAILURES=50,  # the bulkhead alone, not the breaker, under test here
