@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 #: Most messages one TAKE_SCRIPT takes (within the prefetch credit).
 BACKLOG_BATCH = 5
 #: Seconds a BRPOP waits when it reads only no-ack queues, the channel being out of
-#: prefetch credit: short, so the other queues are read soon after credit returns
-#: (fractional BRPOP timeouts need Redis 6 or later).
-NO_CREDIT_BRPOP_TIMEOUT = 0.1
+#: prefetch credit: short, so a message that arrives after credit returned is read
+#: soon (what was already waiting is taken at once, see ``credit_came_back``).
+#: Fractional BRPOP timeouts need Redis 6 or later.
+NO_CREDIT_BRPOP_TIMEOUT = 0.01
 
 #: Queues whose messages are consumed without ack bookkeeping (name prefixes).
 #: Nameko's RPC reply queues: a reply lost with its caller is a timeout for a
@@ -206,7 +207,9 @@ class ConsumingMixin(AckSlotRecordsMixin):
         if not self._backlog:
             return False
         self._backlog = False
-        if self._in_poll or self.closed or not self.active_queues:
+        # A pending BRPOP with a TAKE_SCRIPT behind it takes for itself; one of the
+        # no-ack queues alone (out of credit) leaves the others to this take.
+        if (self._in_poll and self._take_pending) or self.closed or not self.active_queues:
             return False
         queues = self._queue_cycle.consume(len(self.active_queues))
         queues = [queue for queue in queues if self.takes_by_token(queue)]
@@ -228,6 +231,17 @@ class ConsumingMixin(AckSlotRecordsMixin):
             log.warning("taking waiting messages failed; waiting for wake-ups", exc_info=True)
             return False
         return self._deliver_taken(taken, room)
+
+    def waits_without_credit(self) -> bool:
+        """Whether the pending BRPOP reads the no-ack queues alone (sent out of credit)."""
+        return bool(self._in_poll) and self._brpop_no_ack_only
+
+    def credit_came_back(self) -> None:
+        """An ack returned prefetch credit. If this channel's BRPOP still waits on its
+        no-ack queues alone, the next poll takes the messages waiting in the others at
+        once (take_backlog, on the script connection), not after that BRPOP ends."""
+        if self.waits_without_credit() and self.qos.can_consume():
+            self._backlog = True
 
     def _deliver_taken(self, taken: list[Any], room: int) -> bool:
         """Deliver what TAKE_SCRIPT returned (its slots recorded); whether anything came."""

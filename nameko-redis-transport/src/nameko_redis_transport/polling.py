@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 #: Most seconds a consumer out of prefetch credit waits for an ack before it
 #: does its housekeeping (visibility of the messages it holds) again.
 HOUSEKEEPING_INTERVAL = 1.0
+#: Seconds between two looks for returned credit while a consumer out of it waits
+#: on a BRPOP of its no-ack queues (RPC replies) alone: how late at most a busy
+#: service takes its next request after a worker frees up.
+CREDIT_CHECK_INTERVAL = 0.002
 
 
 class _PollTimeout(Exception):
@@ -85,6 +89,7 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
 
     def get(self, callback: Any, timeout: float | None = None) -> Any:
         try:
+            credit_back = self._credit.is_set()  # an ack since the last poll
             self._credit.clear()  # before the check: an ack after it still wakes us
             if self._out_of_credit():
                 # Nothing may be read until a worker acks, and kombu would wait
@@ -102,9 +107,23 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):
             # polled while it does.
             if len(self._channels) == 1:
                 (channel,) = self._channels
-                if not channel.active_fanout_queues and channel.take_backlog():
-                    self._let_workers_start()
-                    return None
+                if not channel.active_fanout_queues:
+                    if credit_back:
+                        channel.credit_came_back()
+                    if channel.take_backlog():
+                        self._let_workers_start()
+                        return None
+                    if channel.waits_without_credit() or (
+                        not channel.qos.can_consume() and channel.consumes_without_ack()
+                    ):
+                        # Its BRPOP reads the no-ack queues alone, and an ack
+                        # cannot cut it short: poll in short slices, so credit that
+                        # comes back is used at once (credit_came_back).
+                        timeout = (
+                            CREDIT_CHECK_INTERVAL
+                            if timeout is None
+                            else min(timeout, CREDIT_CHECK_INTERVAL)
+                        )
             result = super().get(callback, timeout)
             self._let_workers_start()  # kombu's get returns once it handled an event
             return result

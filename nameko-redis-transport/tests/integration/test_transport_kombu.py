@@ -14,6 +14,7 @@ import time
 import pytest
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError
+from nameko_redis_transport import consuming
 from nameko_redis_transport.options import register_transport_options
 
 
@@ -425,6 +426,38 @@ def test_waiting_messages_are_taken_several_at_once_each_with_its_slot(backlog):
         msg.ack()
     assert channel.client.hlen("unacked") == 0 and channel.client.llen("work") == 0
     assert channel.client.exists("work\x06\x16wake") == 0
+
+
+def test_credit_that_comes_back_takes_the_next_message_before_the_replies_wait_ends(
+    connect, monkeypatch
+):
+    # A consumer out of credit reads its no-ack queue (RPC replies) alone, with a BRPOP
+    # that an ack cannot cut short. A busy service then took its next request only when
+    # that BRPOP timed out (0.1 s), after every worker that freed up. Here that wait is
+    # 10 s: the next message must still come as soon as the ack returns credit.
+    monkeypatch.setattr(consuming, "NO_CREDIT_BRPOP_TIMEOUT", 10)
+    work = Queue("work", exchange=Exchange("work-ex", type="direct"), routing_key="w")
+    replies = Queue("rpc.reply-busy", exchange=Exchange("reply-ex", type="direct"), routing_key="r")
+    conn = connect()
+    bind(conn, work.exchange, work)
+    bind(conn, replies.exchange, replies)
+    for n in range(2):
+        publish(conn, {"n": n}, "work-ex", "w")
+    conn.default_channel.basic_qos(0, 1, False)  # prefetch 1
+    got: list = []
+    conn.Consumer([work], callbacks=[lambda body, msg: got.append(msg)]).consume()
+    conn.Consumer([replies], callbacks=[lambda body, msg: None], no_ack=True).consume()
+
+    conn.drain_events(timeout=2)
+    assert [msg.payload["n"] for msg in got] == [0]
+    with pytest.raises(socket.timeout):  # out of credit: waits on the replies alone
+        conn.drain_events(timeout=0.2)
+    got[0].ack()
+    conn.drain_events(timeout=3)  # socket.timeout if it waited for the BRPOP to end
+    assert [msg.payload["n"] for msg in got] == [0, 1]
+    got[1].ack()
+    # (Asked on another connection: this one's BRPOP of the replies is still pending.)
+    assert connect().default_channel.client.hlen("unacked") == 0
 
 
 def test_messages_taken_several_at_once_come_back_if_their_consumer_dies(backlog, connect):
