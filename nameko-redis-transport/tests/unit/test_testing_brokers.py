@@ -24,3 +24,15 @@ def test_with_nothing_configured_or_listening_a_real_server_can_be_started():
         client = redis.Redis.from_url(server.url)
         assert client.ping() is True
         client.close()
+
+
+def test_a_free_port_is_one_no_outgoing_connection_can_take_before_the_server_binds_it():
+    import socket
+    from pathlib import Path
+
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= port < first_ephemeral for port in ports), ports
+    assert len(ports) > 1  # chosen at random: two test runs at once rarely collide
+    with socket.create_server(("127.0.0.1", ports.pop())):
+        pass

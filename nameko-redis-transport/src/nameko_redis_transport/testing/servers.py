@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import socket
@@ -68,8 +69,41 @@ class EmbeddedServerError(RuntimeError):
     """An embedded server could not be started."""
 
 
+#: Ports ``free_port`` chooses from when the kernel's ephemeral range leaves room below it.
+_LISTEN_PORTS_FLOOR = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _binds(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """Return a TCP port on ``host`` that nothing listens on right now."""
+    """Return a TCP port on ``host`` that nothing uses right now, for a server to listen on.
+
+    It is chosen at random *below* the kernel's ephemeral range where there is room
+    (Linux: 32768-60999, so 20000-32767): a port from that range (what ``bind(0)``
+    gives) can be taken by any outgoing connection before the server binds it, and a
+    test that starts services opens dozens of those. Elsewhere, the kernel's choice.
+    """
+    ephemeral = _first_ephemeral_port()
+    if ephemeral - _LISTEN_PORTS_FLOOR >= 1000:
+        for _ in range(100):
+            port = random.randrange(_LISTEN_PORTS_FLOOR, ephemeral)  # noqa: S311 - not a secret
+            if _binds(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
