@@ -50,3 +50,22 @@ def test_outboxes_written_before_outbox_at_existed_are_stamped_and_relayed(mongo
     publisher = OutboxPublisher(lambda event_type, event: published.append(event["id"]))
     assert publisher.relay(entries, older_than=timedelta(0)) == 1
     assert published == [event["id"]]
+
+
+def test_a_flush_empties_what_it_published_and_keeps_an_event_added_meanwhile(mongo_db):
+    entries = mongo_db.flushed_entries
+    first, late = new_event("a", {}), new_event("b", {})
+    entries.insert_one({"_id": "alone", **outbox_fields(first)})
+    entries.insert_one({"_id": "joined", **outbox_fields(first)})
+
+    def add_late_event_to_joined(event_type, event):
+        entries.update_one({"_id": "joined"}, with_events({"$set": {}}, late))
+
+    OutboxPublisher(lambda event_type, event: None).flush(entries, "alone")
+    assert entries.find_one({"_id": "alone"}) == {"_id": "alone", "outbox": []}
+
+    # An event written between the publish and the removal stays, with its due time.
+    OutboxPublisher(add_late_event_to_joined).flush(entries, "joined")
+    joined = entries.find_one({"_id": "joined"})
+    assert [event["id"] for event in joined["outbox"]] == [late["id"]]
+    assert joined["outboxAt"] == first["occurredAt"]

@@ -3,6 +3,8 @@ fail the request: the change is written and its events wait for the relay."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import redis
 from kombu.exceptions import OperationalError
@@ -20,6 +22,13 @@ class OneDocument:
         return self.document
 
     def update_one(self, query, update):
+        outbox = self.document[OUTBOX_FIELD]
+        if f"{OUTBOX_FIELD}.id" in query:  # empties an outbox of exactly these ids
+            size, ids = query[OUTBOX_FIELD]["$size"], query[f"{OUTBOX_FIELD}.id"]["$all"]
+            if len(outbox) != size or not {e["id"] for e in outbox} >= set(ids):
+                return SimpleNamespace(matched_count=0)
+        if "$set" in update:
+            self.document.update(update["$set"])
         if "$pull" in update:
             ids = set(update["$pull"][OUTBOX_FIELD]["id"]["$in"])
             outbox = self.document[OUTBOX_FIELD]
@@ -27,6 +36,7 @@ class OneDocument:
         else:  # the outbox's due time, unset once it is empty
             for field in update.get("$unset", {}):
                 self.document.pop(field, None)
+        return SimpleNamespace(matched_count=1)
 
 
 @pytest.mark.parametrize(
