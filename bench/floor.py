@@ -33,12 +33,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 from pymongo import MongoClient
 
 from bench.floor_services import FLOOR_COLLECTION, FLOOR_DATABASE, product
-from bench.gateway_load import cpu_ticks, ms_per_request, run_wrk, spread, wrk_binary
-from bench.gateway_stack import ROOT, _die_with_parent
+from bench.gateway_load import (
+    add_wrk_arguments,
+    cpu_ticks,
+    ms_per_request,
+    run_wrk,
+    spread,
+    wrk_binary,
+)
+from bench.gateway_stack import start_process, stop_processes, wait_until_ready
 from devtools.embedded import EmbeddedMongo, EmbeddedRedis, free_port
 from devtools.run import child_environment
 
@@ -143,47 +149,16 @@ class FloorStack:
         env["GATEWAY_ADDRESS"] = f"127.0.0.1:{port}"
         for name, service in SERVICES.items():
             argv = [sys.executable, "-m", "nameko", "run", "--config", "config.yml", service]
-            with open(self.workdir / f"{name}.log", "ab") as log:
-                self.processes[name] = subprocess.Popen(  # noqa: S603 - fixed argv
-                    argv,
-                    cwd=ROOT,
-                    env={**env, "MAX_WORKERS": str(MAX_WORKERS[name])},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet
-                )
+            env_of_service = {**env, "MAX_WORKERS": str(MAX_WORKERS[name])}
+            self.processes[name] = start_process(argv, env_of_service, self.workdir / f"{name}.log")
         self.url = f"http://127.0.0.1:{port}"
-        self._wait_ready()
+        # The backend answers too: an RPC made it there and back.
+        ready = f"{self.url}/echo/{PRODUCT_ID}"
+        wait_until_ready(self.processes, ready, self.workdir, READY_TIMEOUT_SECONDS)
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {process.returncode}; see {self.workdir}/{name}.log"
-                    )
-            try:  # the backend answers too: an RPC made it there and back
-                if requests.get(f"{self.url}/echo/{PRODUCT_ID}", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the floor services were not ready after {READY_TIMEOUT_SECONDS} s")
-
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes)
         for server in (self.mongo, self.redis):
             if server is not None:
                 server.stop()
@@ -211,9 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.floor", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per path (10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per path (2)")
-    parser.add_argument("--connections", type=int, default=16)
+    add_wrk_arguments(parser)
     parser.add_argument("--paths", nargs="+", choices=[p.key for p in PATHS],
                         default=[p.key for p in PATHS])  # fmt: skip
     return parser.parse_args(argv)

@@ -26,6 +26,7 @@ import requests
 from bench import gateway_profile
 from bench.gateway_data import PRODUCT_PRICE, Fixture, prepare, seed_orders
 from bench.gateway_load import (
+    add_wrk_arguments,
     children_cpu_seconds,
     cpu_ticks,
     ms_per_request,
@@ -303,9 +304,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.gateway", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per path (10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per path (2)")
-    parser.add_argument("--connections", type=int, default=16)
+    add_wrk_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--orders", type=int, default=0, help="seed N pending orders first")
     parser.add_argument(

@@ -7,6 +7,7 @@ plus that of its live descendants, in clock ticks; wrk's own CPU comes from
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import resource
@@ -187,6 +188,13 @@ def parse_wrk_output(text: str) -> WrkResult:
         socket_errors=sum(map(int, socket_errors.groups())) if socket_errors else 0,
         script=script,
     )
+
+
+def add_wrk_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--duration``, ``--warmup`` and ``--connections``: how each path is driven."""
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per path (10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds per path (2)")
+    parser.add_argument("--connections", type=int, default=16)
 
 
 def wrk_binary() -> str:

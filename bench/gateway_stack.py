@@ -68,6 +68,54 @@ def _die_with_parent() -> None:
         pass
 
 
+def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``argv`` from the repository root, its output in ``log_path``; it dies with us."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(  # noqa: S603 - the bench's own argv
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet
+        )
+
+
+def wait_until_ready(
+    processes: dict[str, subprocess.Popen], url: str, workdir: Path, timeout: float
+) -> None:
+    """Until ``url`` answers 200; ``RuntimeError`` when a process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {process.returncode}; see {workdir}/{name}.log"
+                )
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:g} s")
+
+
+def stop_processes(processes: dict[str, subprocess.Popen]) -> None:
+    """SIGTERM to each, SIGKILL to any still there after 10 s."""
+    for process in processes.values():
+        if process.poll() is None:
+            process.terminate()
+    for process in processes.values():
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Stack:
     """Servers and service processes of one bench run; ``pids`` names what to measure."""
 
@@ -116,49 +164,15 @@ class Stack:
             if name == "gateway" and self.gateway_processes > 1:
                 group = [sys.executable, "-m", "bench.gateway_group", str(self.gateway_processes)]
                 argv = [*group, *argv]
-            with open(self.workdir / f"{name}.log", "ab") as log:
-                self.processes[name] = subprocess.Popen(  # noqa: S603 - the Procfile's argv
-                    argv,
-                    cwd=ROOT,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads yet
-                )
+            self.processes[name] = start_process(argv, env, self.workdir / f"{name}.log")
         self.url = f"http://127.0.0.1:{ports['gateway']}"
-        self._wait_ready()
+        wait_until_ready(self.processes, f"{self.url}/ready", self.workdir, READY_TIMEOUT_SECONDS)
         return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {process.returncode}; see {self.workdir}/{name}.log"
-                    )
-            try:
-                if requests.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the stack was not ready after {READY_TIMEOUT_SECONDS} s")
 
     def stop(self, keep_logs: bool = False) -> None:
         """Stop the services (SIGTERM, SIGKILL after 10 s), then the servers; remove the
         working directory unless ``keep_logs``."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes)
         for server in (self.mongo, self.redis):
             if server is not None:
                 server.stop()
