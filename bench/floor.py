@@ -39,6 +39,7 @@ from bench.floor_services import FLOOR_COLLECTION, FLOOR_DATABASE, product
 from bench.gateway_load import (
     add_wrk_arguments,
     cpu_ticks,
+    mostly_answered,
     ms_per_request,
     run_wrk,
     spread,
@@ -92,7 +93,7 @@ def _cell(value: float, digits: int = 2) -> str:
 
 def report(results: Sequence[FloorResult]) -> list[str]:
     """The table, then the summary line (``n/a`` for a path not run or with errors)."""
-    by_key = {r.path.key: r for r in results if r.count and r.errors <= r.count // 100}
+    by_key = {r.path.key: r for r in results if mostly_answered(r.count, r.errors)}
     health_gw = by_key["health"].cpu_ms["gateway"] if "health" in by_key else math.nan
     lines = [
         "CPU columns: ms of CPU per request",

@@ -29,6 +29,7 @@ from bench.gateway_load import (
     add_wrk_arguments,
     children_cpu_seconds,
     cpu_ticks,
+    mostly_answered,
     ms_per_request,
     percent_of_core,
     run_wrk,
@@ -97,18 +98,9 @@ class PathResult:
     failure: str | None = None  # why the path could not be measured
 
 
-#: Past this share of errors a path's CPU per request mostly prices error answers (a 503
-#: from an open breaker is cheap): the summary and the ratio targets leave it out.
-MAX_ERROR_SHARE = 0.01
-
-
 def measured(result: PathResult) -> bool:
     """True when ``result`` measures the path itself: it ran, with next to no errors."""
-    return (
-        result.failure is None
-        and result.count > 0
-        and result.errors <= MAX_ERROR_SHARE * result.count
-    )
+    return result.failure is None and mostly_answered(result.count, result.errors)
 
 
 def failed_path(path: BenchPath, reason: str) -> PathResult:

@@ -239,6 +239,17 @@ def run_wrk(
     return parse_wrk_output(done.stdout)
 
 
+#: Past this share of errors a path's CPU per request mostly prices error answers (a 503
+#: from an open breaker is cheap): the summary and the ratio targets leave it out.
+MAX_ERROR_SHARE = 0.01
+
+
+def mostly_answered(count: int, errors: int) -> bool:
+    """Whether a run measures its path: answers came, at most ``MAX_ERROR_SHARE`` errors
+    (its CPU per request would otherwise mostly price cheap error answers)."""
+    return count > 0 and errors <= MAX_ERROR_SHARE * count
+
+
 def ms_per_request(ticks: int, requests: int) -> float:
     """CPU ms per request from clock ticks."""
     return ticks * 1000 / CLOCK_TICKS_PER_SECOND / requests if requests else float("nan")

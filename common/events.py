@@ -134,7 +134,7 @@ def already_applied(collection: Collection, doc_id: Any, event_id: str) -> bool:
 def _remove(published: Published) -> None:
     collection, doc_id, ids = published
     # Usually the outbox holds exactly what was published (ids are unique): one update
-    # empties it and clears its due time. One round trip of the nine an order costs.
+    # empties it and clears its due time, where the general case below takes two.
     emptied = collection.update_one(
         {"_id": doc_id, OUTBOX_FIELD: {"$size": len(ids)}, f"{OUTBOX_FIELD}.id": {"$all": ids}},
         {"$set": {OUTBOX_FIELD: []}, "$unset": {OUTBOX_AT_FIELD: ""}},
